@@ -1,0 +1,115 @@
+"""Log-mel front end shared by inference, training and ONNX export.
+
+One :class:`FrontendConfig` is the single source of truth for the feature
+parameters; it is stored in every model card and checkpoint.  The STFT is
+written as a strided ``conv1d`` with a fixed DFT basis, so the whole front end
+is plain tensor ops that export to ONNX (opset 18) and run on any execution
+provider.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass(frozen=True)
+class FrontendConfig:
+    """Front-end parameters. Times in samples at ``sample_rate`` Hz."""
+
+    sample_rate: int = 16000
+    n_fft: int = 512
+    win_length: int = 400  # 25 ms
+    hop_length: int = 160  # 10 ms
+    n_mels: int = 80
+    f_min: float = 20.0
+    f_max: float = 7600.0
+    preemphasis: float = 0.97
+    log_eps: float = 1e-6
+    norm_eps: float = 1e-5
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "FrontendConfig":
+        return cls(**d)
+
+
+def hz_to_mel(f: torch.Tensor) -> torch.Tensor:
+    return 2595.0 * torch.log10(1.0 + f / 700.0)
+
+
+def mel_filterbank(cfg: FrontendConfig) -> torch.Tensor:
+    """HTK-scale triangular filters, shape (n_fft // 2 + 1, n_mels), no area norm.
+
+    Same definition as ``torchaudio.functional.melscale_fbanks(norm=None, mel_scale="htk")``.
+    """
+    n_freqs = cfg.n_fft // 2 + 1
+    all_freqs = torch.linspace(0, cfg.sample_rate // 2, n_freqs, dtype=torch.float64)
+    m_min, m_max = hz_to_mel(torch.tensor(cfg.f_min, dtype=torch.float64)), hz_to_mel(
+        torch.tensor(cfg.f_max, dtype=torch.float64)
+    )
+    m_pts = torch.linspace(m_min.item(), m_max.item(), cfg.n_mels + 2, dtype=torch.float64)
+    f_pts = 700.0 * (10 ** (m_pts / 2595.0) - 1.0)
+    f_diff = f_pts[1:] - f_pts[:-1]
+    slopes = f_pts.unsqueeze(0) - all_freqs.unsqueeze(1)
+    down = -slopes[:, :-2] / f_diff[:-1]
+    up = slopes[:, 2:] / f_diff[1:]
+    return torch.clamp(torch.minimum(down, up), min=0.0).float()
+
+
+def dft_basis(cfg: FrontendConfig) -> torch.Tensor:
+    """Windowed DFT kernels for conv1d, shape (2 * n_freqs, 1, n_fft): real rows then imaginary rows.
+
+    The Hamming window (periodic, ``win_length`` long) is zero-padded to ``n_fft``
+    and centred, as ``torch.stft`` does.
+    """
+    n_freqs = cfg.n_fft // 2 + 1
+    window = torch.hamming_window(cfg.win_length, periodic=True, dtype=torch.float64)
+    left = (cfg.n_fft - cfg.win_length) // 2
+    window = F.pad(window, (left, cfg.n_fft - cfg.win_length - left))
+    n = torch.arange(cfg.n_fft, dtype=torch.float64)
+    k = torch.arange(n_freqs, dtype=torch.float64).unsqueeze(1)
+    angle = 2.0 * math.pi * k * n / cfg.n_fft
+    real = torch.cos(angle) * window
+    imag = -torch.sin(angle) * window
+    return torch.cat([real, imag], dim=0).unsqueeze(1).float()
+
+
+class LogMelFrontend(nn.Module):
+    """Waveform (B, T) float32 at 16 kHz -> normalised log-mel (B, n_mels, frames).
+
+    Steps: pre-emphasis ``y[t] = x[t] - a * x[t-1]`` (``y[0] = x[0] - a * x[0]``),
+    centred STFT with reflect padding (frames = T // hop + 1), power spectrum,
+    mel filterbank, ``log(mel + log_eps)``, per-utterance mean/variance
+    normalisation over time for each mel bin (instance norm).
+    """
+
+    def __init__(self, cfg: FrontendConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.register_buffer("basis", dft_basis(cfg), persistent=False)
+        self.register_buffer("fbank", mel_filterbank(cfg).t().contiguous(), persistent=False)
+
+    def log_mel(self, wav: torch.Tensor) -> torch.Tensor:
+        """Un-normalised log-mel, (B, T) -> (B, n_mels, frames)."""
+        cfg = self.cfg
+        x = wav.float()
+        x = torch.cat([x[:, :1] * (1.0 - cfg.preemphasis), x[:, 1:] - cfg.preemphasis * x[:, :-1]], dim=1)
+        pad = cfg.n_fft // 2
+        x = F.pad(x.unsqueeze(1), (pad, pad), mode="reflect")
+        spec = F.conv1d(x, self.basis, stride=cfg.hop_length)  # (B, 2F, frames)
+        n_freqs = cfg.n_fft // 2 + 1
+        power = spec[:, :n_freqs] ** 2 + spec[:, n_freqs:] ** 2
+        mel = torch.matmul(self.fbank, power)  # (B, n_mels, frames)
+        return torch.log(mel + cfg.log_eps)
+
+    def forward(self, wav: torch.Tensor) -> torch.Tensor:
+        feats = self.log_mel(wav)
+        mean = feats.mean(dim=-1, keepdim=True)
+        var = ((feats - mean) ** 2).mean(dim=-1, keepdim=True)
+        return (feats - mean) / torch.sqrt(var + self.cfg.norm_eps)

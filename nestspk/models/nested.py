@@ -1,0 +1,181 @@
+"""NestedSpeakerNet: a 4-level encoder whose levels also receive earlier levels' outputs.
+
+Level ``k`` (for ``k`` in ``nested_levels``) gets the outputs of levels ``1..k-1``,
+each aligned to its own (freq, time) grid, concatenated, projected
+(1x1 conv -> norm -> ReLU -> Dropout2d) and added as ``x + weight * prev``
+where ``weight = sigmoid(w)`` with ``w`` learnable (or a fixed number).
+
+Alignment: strides are fixed, so the ratio between two levels' grids is a known
+integer and ``F.adaptive_avg_pool2d`` equals ``F.avg_pool2d(kernel=ratio)``.
+The encoder crops its input to a multiple of its total time stride so this holds
+for every input length; ``align="interpolate"`` (the seed's pre-fix bilinear
+resize) is kept only to reproduce the old collapse.
+
+Multi-scale fusion: each level's output is averaged over frequency, pooled to
+the last level's time grid, concatenated and mixed by a 1x1 conv before pooling.
+Input: normalised log-mel (B, n_mels, frames); output (B, embed_dim), not L2-normalised.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .pooling import make_pooling
+from .resnet_se import SEBasicBlock
+
+
+def _norm2d(kind: str, channels: int) -> nn.Module:
+    if kind == "group":
+        return nn.GroupNorm(8, channels)
+    if kind == "batch":
+        return nn.BatchNorm2d(channels)
+    raise ValueError(f"unknown norm {kind!r}; choose 'group' or 'batch'")
+
+
+@dataclass
+class NestedConfig:
+    n_mels: int = 80
+    channels: tuple[int, ...] = (16, 32, 64, 128)
+    blocks: tuple[int, ...] = (2, 3, 4, 2)
+    # (freq, time) stride of each level's first block; the stem adds (2, 1).
+    strides: tuple[tuple[int, int], ...] = ((2, 1), (2, 2), (2, 2), (1, 1))
+    nested_levels: tuple[int, ...] = (2, 3, 4)  # 1-based levels that receive earlier outputs
+    nested_norm: str = "group"  # "group" (fix) or "batch" (seed pre-fix)
+    align: str = "adaptive_pool"  # "adaptive_pool" (fix) or "interpolate" (seed pre-fix)
+    nested_weight: str = "learnable"  # "learnable" sigmoid(w) or "fixed"
+    nested_weight_init: float = 0.3  # w at init; sigmoid(0.3) = 0.574
+    fixed_weight: float = 0.5
+    dropout: float = 0.1
+    fusion: bool = True
+    fusion_dim: int = 256
+    pooling: str = "asp"
+    embed_dim: int = 512
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class NestedProjection(nn.Module):
+    """Aligns earlier levels to (H, W), concatenates, 1x1 conv -> norm -> ReLU -> Dropout2d."""
+
+    def __init__(self, c_in: int, c_out: int, ratios: list[tuple[int, int]], cfg: NestedConfig):
+        super().__init__()
+        self.ratios = ratios
+        self.align = cfg.align
+        self.proj = nn.Sequential(
+            nn.Conv2d(c_in, c_out, 1, bias=False),
+            _norm2d(cfg.nested_norm, c_out),
+            nn.ReLU(inplace=True),
+            nn.Dropout2d(cfg.dropout),
+        )
+
+    def forward(self, earlier: list[torch.Tensor], like: torch.Tensor) -> torch.Tensor:
+        aligned = []
+        for feat, (rh, rw) in zip(earlier, self.ratios):
+            if self.align == "interpolate":
+                feat = F.interpolate(feat, size=like.shape[2:], mode="bilinear", align_corners=False)
+            elif rh != 1 or rw != 1:
+                # == F.adaptive_avg_pool2d(feat, like.shape[2:]) for integer ratios
+                feat = F.avg_pool2d(feat, kernel_size=(rh, rw))
+            aligned.append(feat)
+        return self.proj(torch.cat(aligned, dim=1))
+
+
+class NestedSpeakerNet(nn.Module):
+    """Normalised log-mel (B, n_mels, frames) -> embedding (B, embed_dim)."""
+
+    def __init__(self, cfg: NestedConfig):
+        super().__init__()
+        if cfg.align not in ("adaptive_pool", "interpolate"):
+            raise ValueError(f"unknown align {cfg.align!r}")
+        if cfg.nested_weight not in ("learnable", "fixed"):
+            raise ValueError(f"unknown nested_weight {cfg.nested_weight!r}")
+        self.cfg = cfg
+        ch = cfg.channels
+        self.stem = nn.Sequential(
+            nn.Conv2d(1, ch[0], 3, stride=(2, 1), padding=1, bias=False), nn.BatchNorm2d(ch[0]), nn.ReLU(inplace=True)
+        )
+        # cumulative (freq, time) stride at each level output, relative to the stem output
+        cum = []
+        fh, fw = 1, 1
+        for s in cfg.strides:
+            fh, fw = fh * s[0], fw * s[1]
+            cum.append((fh, fw))
+        self.time_stride = cum[-1][1]
+        self.freq_out = cfg.n_mels // 2 // cum[-1][0]
+        if cfg.n_mels % (2 * cum[-1][0]):
+            raise ValueError("n_mels must be divisible by the total frequency stride")
+
+        self.levels = nn.ModuleList()
+        c_in = ch[0]
+        for c, n, s in zip(ch, cfg.blocks, cfg.strides):
+            blocks = [SEBasicBlock(c_in, c, tuple(s))] + [SEBasicBlock(c, c) for _ in range(n - 1)]
+            self.levels.append(nn.Sequential(*blocks))
+            c_in = c
+
+        self.nested = nn.ModuleDict()
+        self.nested_w = nn.ParameterDict()
+        for k in cfg.nested_levels:
+            if not 2 <= k <= len(ch):
+                raise ValueError(f"nested level {k} out of range 2..{len(ch)}")
+            i = k - 1
+            ratios = [(cum[i][0] // cum[j][0], cum[i][1] // cum[j][1]) for j in range(i)]
+            self.nested[str(k)] = NestedProjection(sum(ch[:i]), ch[i], ratios, cfg)
+            if cfg.nested_weight == "learnable":
+                self.nested_w[str(k)] = nn.Parameter(torch.tensor(float(cfg.nested_weight_init)))
+
+        if cfg.fusion:
+            self.fusion_ratios = [cum[-1][1] // c[1] for c in cum]
+            self.fuse = nn.Sequential(
+                nn.Conv1d(sum(ch), cfg.fusion_dim, 1, bias=False), nn.BatchNorm1d(cfg.fusion_dim), nn.ReLU(inplace=True)
+            )
+            pool_in = cfg.fusion_dim
+        else:
+            pool_in = ch[-1]
+        self.pool = make_pooling(cfg.pooling, pool_in)
+        self.fc = nn.Linear(self.pool.out_dim, cfg.embed_dim)
+        self.level_names = [f"level{i + 1}" for i in range(len(ch))]
+        self.record_telemetry = False
+        self.telemetry: dict[str, float] = {}
+
+    def nested_weight(self, level: int) -> torch.Tensor | float:
+        """The weight that scales level ``level``'s nested input (sigmoid(w) or the fixed value)."""
+        if self.cfg.nested_weight == "fixed":
+            return self.cfg.fixed_weight
+        return torch.sigmoid(self.nested_w[str(level)])
+
+    def nested_weight_value(self, level: int) -> float:
+        """``nested_weight(level)`` as a Python float (for logging)."""
+        w = self.nested_weight(level)
+        return float(w.detach()) if torch.is_tensor(w) else float(w)
+
+    def forward(self, feats: torch.Tensor) -> torch.Tensor:
+        frames = feats.shape[-1] - feats.shape[-1] % self.time_stride
+        x = self.stem(feats[..., :frames].unsqueeze(1))
+        outs: list[torch.Tensor] = []
+        for i, level in enumerate(self.levels):
+            x = level(x)
+            key = str(i + 1)
+            if key in self.nested:
+                prev = self.nested[key](outs, x)
+                x = x + self.nested_weight(i + 1) * prev
+                if self.record_telemetry:
+                    self.telemetry[f"nested_rms/level{i + 1}"] = prev.detach().float().pow(2).mean().sqrt().item()
+            if self.record_telemetry:
+                self.telemetry[f"act_rms/level{i + 1}"] = x.detach().float().pow(2).mean().sqrt().item()
+            outs.append(x)
+        if self.cfg.fusion:
+            pooled = []
+            for feat, r in zip(outs, self.fusion_ratios):
+                t = feat.mean(dim=2)
+                if r != 1:
+                    t = F.avg_pool1d(t, kernel_size=r)
+                pooled.append(t)
+            h = self.fuse(torch.cat(pooled, dim=1))
+        else:
+            h = x.mean(dim=2)
+        return self.fc(self.pool(h))

@@ -1,0 +1,63 @@
+"""``nestspk-train``: train, prepare data lists, or package a run into shipped weights.
+
+    nestspk-train --config nested_4level --out runs/nested_4level [--device cuda] [--max-minutes 8]
+    nestspk-train prepare --root ../shared/data --out weights/lists
+    nestspk-train package --run runs/nested_4level --name nested_4level [--weights-dir weights]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    if argv and argv[0] == "prepare":
+        p = argparse.ArgumentParser(prog="nestspk-train prepare")
+        p.add_argument("--root", type=Path, default=None, help="data root (default $NESTSPK_DATA or ../shared/data)")
+        p.add_argument("--out", type=Path, default=Path("weights/lists"))
+        p.add_argument("--dev", type=int, default=30)
+        p.add_argument("--test", type=int, default=30)
+        p.add_argument("--seed", type=int, default=0)
+        a = p.parse_args(argv[1:])
+        from .data import default_data_root, prepare
+        stats = prepare(a.root or default_data_root(), a.out, a.dev, a.test, seed=a.seed)
+        print(json.dumps(stats))
+        return 0
+    if argv and argv[0] == "package":
+        p = argparse.ArgumentParser(prog="nestspk-train package")
+        p.add_argument("--run", type=Path, required=True)
+        p.add_argument("--name", required=True)
+        p.add_argument("--weights-dir", type=Path, default=Path("weights"))
+        p.add_argument("--test-trials", type=Path, default=Path("weights/lists/test_trials.txt"))
+        a = p.parse_args(argv[1:])
+        from .package import package_run
+        card = package_run(a.run, a.name, a.weights_dir, a.test_trials)
+        print(json.dumps(card, indent=1))
+        return 0
+    p = argparse.ArgumentParser(prog="nestspk-train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", required=True, help="YAML path or shipped config name")
+    p.add_argument("--out", type=Path, default=None, help="run directory (default runs/<name>)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--max-minutes", type=float, default=None, help="pause (resumably) after this many minutes")
+    p.add_argument("--no-progress", action="store_true")
+    a = p.parse_args(argv)
+    from .config import load_config
+    from .trainer import TrainingDiverged, train
+    cfg = load_config(a.config)
+    out = a.out or Path("runs") / cfg.name
+    try:
+        summary = train(cfg, out, a.device, a.max_minutes, progress=not a.no_progress)
+    except TrainingDiverged as e:
+        logging.error("%s", e)
+        return 3
+    print(json.dumps(summary))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,87 @@
+"""Training configuration: YAML file <-> dataclasses. Defaults are the seed's fixed hyperparameters."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from importlib import resources
+from pathlib import Path
+
+import yaml
+
+from .data import AugmentConfig
+
+
+@dataclass
+class OptimConfig:
+    batch_size: int = 48
+    lr: float = 8e-4
+    lr_decay: float = 0.97  # multiplied in after every epoch
+    weight_decay: float = 2e-4
+    grad_clip: float = 5.0
+    epochs: int = 150
+    patience: int = 20  # epochs without a dev-EER improvement before stopping
+    steps_per_epoch: int = 100
+
+
+@dataclass
+class LossConfig:
+    margin: float = 0.2
+    scale: float = 30.0
+    safe: bool = True
+
+
+@dataclass
+class DataConfig:
+    train_manifest: str = "weights/lists/train.txt"
+    dev_trials: str = "weights/lists/dev_trials.txt"
+    root: str | None = None  # None: $NESTSPK_DATA or ../shared/data
+    crop_seconds: float = 2.0
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+
+
+@dataclass
+class TrainConfig:
+    name: str = "nested_4level"
+    model: str = "nested"
+    model_options: dict = field(default_factory=dict)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    amp: str = "off"  # off | fp16 | bf16
+    seed: int = 0
+    log_every: int = 10
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _build(cls, d: dict | None):
+    d = dict(d or {})
+    known = {f.name: f for f in fields(cls)}
+    unknown = set(d) - set(known)
+    if unknown:
+        raise ValueError(f"unknown {cls.__name__} key(s): {sorted(unknown)}")
+    nested = {"data": DataConfig, "optim": OptimConfig, "loss": LossConfig, "augment": AugmentConfig}
+    for k, v in list(d.items()):
+        if k in nested and isinstance(v, dict):
+            d[k] = _build(nested[k], v)
+        elif isinstance(v, list) and k != "model_options":
+            d[k] = tuple(v)
+    return cls(**d)
+
+
+def packaged_configs() -> list[str]:
+    return sorted(p.name[:-5] for p in resources.files("nestspk.configs").iterdir() if p.name.endswith(".yaml"))
+
+
+def load_config(path_or_name: str) -> TrainConfig:
+    """Load a YAML config by path, or by the name of a config shipped in ``nestspk/configs``."""
+    p = Path(path_or_name)
+    if not p.exists():
+        name = p.name[:-5] if p.name.endswith(".yaml") else p.name
+        cand = resources.files("nestspk.configs") / f"{name}.yaml"
+        if not cand.is_file():
+            raise FileNotFoundError(f"config {path_or_name!r} not found (shipped: {packaged_configs()})")
+        text = cand.read_text()
+    else:
+        text = p.read_text()
+    return _build(TrainConfig, yaml.safe_load(text))

@@ -1,0 +1,263 @@
+"""Training loop with stability telemetry, a NaN/inf sentinel, checkpoints and resume."""
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+import random
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..metrics import compute_eer, compute_min_dcf
+from ..models import SpeakerModel, build_model, count_parameters
+from .config import TrainConfig
+from .data import BatchSampler, WaveformBank, default_data_root, load_segment, read_manifest, read_trials
+from .loss import AAMSoftmax
+
+log = logging.getLogger(__name__)
+
+
+class TrainingDiverged(RuntimeError):
+    """Raised by the sentinel when the loss or gradients become NaN/inf."""
+
+
+def param_group_name(name: str) -> str:
+    """'encoder.levels.2.0.conv1.weight' -> 'levels.2'; 'encoder.fc.weight' -> 'fc'; loss head -> 'aam'."""
+    parts = name.split(".")
+    if parts[0] != "encoder":
+        return "aam" if parts[0] == "head" else parts[0]
+    parts = parts[1:]
+    if len(parts) > 1 and (parts[1].isdigit() or parts[0] in ("nested", "nested_w")):
+        return f"{parts[0]}.{parts[1]}"
+    return parts[0]
+
+
+class DevSet:
+    """Dev trial list with its waveforms loaded once (CPU)."""
+
+    def __init__(self, trials_path: Path, root: Path):
+        self.trials = read_trials(trials_path)
+        specs = sorted({s for _, a, b in self.trials for s in (a, b)})
+        self.index = {s: i for i, s in enumerate(specs)}
+        self.wavs = [load_segment(s, root) for s in specs]
+        self.labels = np.array([t[0] for t in self.trials])
+        self.pairs = np.array([(self.index[a], self.index[b]) for _, a, b in self.trials])
+
+    @torch.no_grad()
+    def evaluate(self, model: SpeakerModel, device: torch.device) -> dict:
+        model.eval()
+        by_len = defaultdict(list)
+        for i, w in enumerate(self.wavs):
+            by_len[len(w)].append(i)
+        embs = torch.empty(len(self.wavs), model.embed_dim)
+        for idxs in by_len.values():
+            for k in range(0, len(idxs), 64):
+                chunk = idxs[k:k + 64]
+                x = torch.from_numpy(np.stack([self.wavs[i] for i in chunk])).to(device)
+                embs[chunk] = model.embed(x).float().cpu()
+        scores = (embs[self.pairs[:, 0]] * embs[self.pairs[:, 1]]).sum(1).numpy()
+        if not np.isfinite(scores).all():
+            return {"eer": float("nan"), "min_dcf_0.01": float("nan"), "min_dcf_0.05": float("nan"), "threshold": float("nan")}
+        eer, thr = compute_eer(scores, self.labels)
+        return {"eer": eer, "threshold": thr, "min_dcf_0.01": compute_min_dcf(scores, self.labels, 0.01)[0],
+                "min_dcf_0.05": compute_min_dcf(scores, self.labels, 0.05)[0]}
+
+
+class CsvLog:
+    def __init__(self, path: Path):
+        self.path, self.fields = path, None
+
+    def write(self, row: dict) -> None:
+        new = not self.path.exists()
+        if self.fields is None:
+            if not new:
+                with open(self.path) as f:
+                    self.fields = next(csv.reader(f))
+            else:
+                self.fields = list(row)
+        with open(self.path, "a", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=self.fields, extrasaction="ignore")
+            if new:
+                w.writeheader()
+            w.writerow(row)
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def train(cfg: TrainConfig, out_dir: str | Path, device: str = "auto", max_minutes: float | None = None,
+          progress: bool = True) -> dict:
+    """Train (or resume) ``cfg`` into ``out_dir``. Returns the summary dict also written to summary.json.
+
+    Stops at ``optim.epochs``, on patience, or (resumably) after ``max_minutes``.
+    Raises :class:`TrainingDiverged` when the sentinel fires (after saving the batch).
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device))
+    _seed_everything(cfg.seed)
+    torch.backends.cudnn.benchmark = True
+    root = Path(cfg.data.root) if cfg.data.root else default_data_root()
+    t_start = time.time()
+
+    bank = WaveformBank(read_manifest(cfg.data.train_manifest), root, dev)
+    sampler = BatchSampler(bank, cfg.data.crop_seconds, cfg.data.augment, cfg.seed)
+    devset = DevSet(Path(cfg.data.dev_trials), root)
+    model = build_model(cfg.model, cfg.model_options).to(dev)
+    head = AAMSoftmax(model.embed_dim, bank.n_classes, cfg.loss.margin, cfg.loss.scale, cfg.loss.safe).to(dev)
+    params = list(model.parameters()) + list(head.parameters())
+    opt = torch.optim.Adam(params, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=cfg.optim.lr_decay)
+    amp_dtype = {"off": None, "fp16": torch.float16, "bf16": torch.bfloat16}[cfg.amp]
+    scaler = torch.amp.GradScaler(dev.type, enabled=cfg.amp == "fp16")
+    named = [(n, p) for n, p in model.named_parameters()] + [("head." + n, p) for n, p in head.named_parameters()]
+    groups = sorted({param_group_name(n) for n, _ in named})
+
+    state = {"epoch": 0, "step": 0, "best_eer": math.inf, "best_epoch": 0, "bad_epochs": 0, "history": []}
+    ckpt_path = out / "last.pt"
+    if ckpt_path.exists():
+        ck = torch.load(ckpt_path, map_location=dev, weights_only=True)
+        model.load_state_dict(ck["model"])
+        head.load_state_dict(ck["head"])
+        opt.load_state_dict(ck["optimizer"])
+        sched.load_state_dict(ck["scheduler"])
+        scaler.load_state_dict(ck["scaler"])
+        sampler.load_state(ck["sampler_rng"].to(sampler.g.get_state().device))
+        torch.set_rng_state(ck["torch_rng"])
+        state = json.loads(ck["state"])
+        log.info("resumed %s at epoch %d (best dev EER %.2f%%)", cfg.name, state["epoch"], 100 * state["best_eer"])
+    (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=1))
+
+    writer = None
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+        writer = SummaryWriter(str(out / "tb"))
+    except Exception:  # tensorboard is an optional extra
+        log.info("tensorboard not installed; telemetry goes to CSV only")
+    step_log, epoch_log = CsvLog(out / "steps.csv"), CsvLog(out / "epochs.csv")
+    is_nested = hasattr(model.encoder, "nested")
+    n_params = count_parameters(model)
+    log.info("%s: %s, %d parameters, %d classes, device %s", cfg.name, cfg.model, n_params, bank.n_classes, dev)
+
+    try:
+        from tqdm import tqdm
+    except ImportError:  # pragma: no cover
+        tqdm = None
+    status = "finished"
+    while state["epoch"] < cfg.optim.epochs:
+        epoch = state["epoch"] + 1
+        model.train()
+        head.train()
+        losses, accs, t0 = [], [], time.time()
+        steps = range(cfg.optim.steps_per_epoch)
+        bar = tqdm(steps, desc=f"{cfg.name} ep{epoch}", leave=False, disable=not progress) if tqdm else steps
+        for _ in bar:
+            state["step"] += 1
+            record = state["step"] % cfg.log_every == 0
+            if is_nested:
+                model.encoder.record_telemetry = record
+            wav, labels = sampler.sample(cfg.optim.batch_size)
+            with torch.autocast(dev.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+                emb = model(wav)
+                loss, acc = head(emb, labels)
+            opt.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.unscale_(opt)
+            total = torch.nn.utils.clip_grad_norm_(params, cfg.optim.grad_clip)
+            loss_v, total_v = loss.item(), total.item()
+            if not math.isfinite(loss_v) or (not math.isfinite(total_v) and cfg.amp != "fp16"):
+                _sentinel(out, cfg, state, epoch, wav, labels, named, loss_v, total_v, model)
+            scaler.step(opt)  # with fp16 the scaler skips steps whose gradients are inf/NaN
+            scaler.update()
+            losses.append(loss_v)
+            accs.append(acc.item())
+            if record:
+                row = {"epoch": epoch, "step": state["step"], "loss": loss_v, "acc": acc.item(),
+                       "lr": opt.param_groups[0]["lr"], "grad_norm": total_v,
+                       "amp_scale": scaler.get_scale() if cfg.amp == "fp16" else 1.0}
+                row.update(_group_norms(named, groups))
+                if is_nested:
+                    for k in model.encoder.nested:
+                        row[f"weight/level{k}"] = model.encoder.nested_weight_value(int(k))
+                    row.update(model.encoder.telemetry)
+                step_log.write(row)
+                if writer:
+                    for k, v in row.items():
+                        if k not in ("epoch", "step"):
+                            writer.add_scalar(k if "/" in k else f"train/{k}", v, state["step"])
+        sched.step()
+        if not all(torch.isfinite(p).all() for p in params):
+            _sentinel(out, cfg, state, epoch, wav, labels, named, float("nan"), float("nan"), model)
+        metrics = devset.evaluate(model, dev)
+        state["epoch"] = epoch
+        improved = metrics["eer"] < state["best_eer"]
+        if improved:
+            state.update(best_eer=metrics["eer"], best_epoch=epoch, bad_epochs=0, best_metrics=metrics)
+            torch.save({"model": model.state_dict()}, out / "best.pt")
+        else:
+            state["bad_epochs"] += 1
+        erow = {"epoch": epoch, "loss": float(np.mean(losses)), "acc": float(np.mean(accs)),
+                "lr": opt.param_groups[0]["lr"], "dev_eer": metrics["eer"], "dev_min_dcf_0.01": metrics["min_dcf_0.01"],
+                "dev_min_dcf_0.05": metrics["min_dcf_0.05"], "seconds": time.time() - t0}
+        if is_nested:
+            for k in model.encoder.nested:
+                erow[f"weight/level{k}"] = model.encoder.nested_weight_value(int(k))
+        epoch_log.write(erow)
+        state["history"].append({"epoch": epoch, "dev_eer": metrics["eer"], "loss": erow["loss"]})
+        if writer:
+            writer.add_scalar("dev/eer", metrics["eer"], epoch)
+            writer.add_scalar("dev/min_dcf_0.01", metrics["min_dcf_0.01"], epoch)
+        log.info("%s epoch %d loss %.3f acc %.1f%% dev EER %.2f%% minDCF0.01 %.3f (%.1fs)", cfg.name, epoch,
+                 erow["loss"], erow["acc"], 100 * metrics["eer"], metrics["min_dcf_0.01"], erow["seconds"])
+        torch.save({"model": model.state_dict(), "head": head.state_dict(), "optimizer": opt.state_dict(),
+                    "scheduler": sched.state_dict(), "scaler": scaler.state_dict(), "sampler_rng": sampler.state(),
+                    "torch_rng": torch.get_rng_state(), "state": json.dumps(state)}, out / "last.tmp")
+        (out / "last.tmp").replace(ckpt_path)
+        if state["bad_epochs"] >= cfg.optim.patience:
+            status = "early_stopped"
+            break
+        if max_minutes is not None and (time.time() - t_start) / 60 > max_minutes and state["epoch"] < cfg.optim.epochs:
+            status = "paused"
+            break
+    summary = {"name": cfg.name, "model": cfg.model, "status": status, "epochs": state["epoch"], "steps": state["step"],
+               "best_epoch": state["best_epoch"], "best_dev": state.get("best_metrics"), "parameters": n_params,
+               "train_speakers": bank.n_classes, "nan_events": 0}
+    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    if writer:
+        writer.close()
+    return summary
+
+
+def _group_norms(named, groups) -> dict:
+    sq = defaultdict(float)
+    for n, p in named:
+        if p.grad is not None:
+            sq[param_group_name(n)] += p.grad.detach().float().pow(2).sum().item()
+    return {f"grad/{g}": math.sqrt(sq[g]) for g in groups}
+
+
+def _sentinel(out: Path, cfg: TrainConfig, state: dict, epoch: int, wav, labels, named, loss_v, total_v, model):
+    """Save the offending batch and a diagnosis, then stop. last.pt still holds the last good epoch."""
+    torch.save({"wav": wav.detach().cpu(), "labels": labels.detach().cpu()}, out / "nan_batch.pt")
+    bad = [n for n, p in named if p.grad is not None and not torch.isfinite(p.grad).all()]
+    bad_params = [n for n, p in named if not torch.isfinite(p).all()]
+    report = {"name": cfg.name, "epoch": epoch, "step": state["step"], "loss": loss_v, "grad_norm": total_v,
+              "nonfinite_grads": bad[:50], "n_nonfinite_grads": len(bad), "nonfinite_params": bad_params[:50],
+              "grad_norms": _group_norms(named, sorted({param_group_name(n) for n, _ in named}))}
+    (out / "diverged.json").write_text(json.dumps(report, indent=1, default=str))
+    summary = {"name": cfg.name, "model": cfg.model, "status": "diverged", "epochs": epoch - 1, "steps": state["step"],
+               "best_epoch": state["best_epoch"], "best_dev": state.get("best_metrics"), "nan_events": 1,
+               "diverged_at": {"epoch": epoch, "step": state["step"]}}
+    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    raise TrainingDiverged(
+        f"{cfg.name}: non-finite loss/gradient at epoch {epoch}, step {state['step']} (loss={loss_v}, grad norm={total_v}); "
+        f"batch saved to {out / 'nan_batch.pt'}, diagnosis in {out / 'diverged.json'}, last good checkpoint {out / 'last.pt'}")
