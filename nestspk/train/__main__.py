@@ -44,11 +44,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=None, help="run directory (default runs/<name>)")
     p.add_argument("--device", default="auto")
     p.add_argument("--max-minutes", type=float, default=None, help="pause (resumably) after this many minutes")
+    p.add_argument("--seed", type=int, default=None, help="override the config's seed (run name gets _seedN)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value, e.g. --set optim.patience=1000 (repeatable)")
     p.add_argument("--no-progress", action="store_true")
     a = p.parse_args(argv)
-    from .config import load_config
+    from .config import apply_overrides, load_config
     from .trainer import TrainingDiverged, train
-    cfg = load_config(a.config)
+    cfg = apply_overrides(load_config(a.config), a.set)
+    if a.seed is not None:
+        cfg.seed, cfg.name = a.seed, f"{cfg.name}_seed{a.seed}"
     out = a.out or Path("runs") / cfg.name
     try:
         summary = train(cfg, out, a.device, a.max_minutes, progress=not a.no_progress)

@@ -85,3 +85,23 @@ def load_config(path_or_name: str) -> TrainConfig:
     else:
         text = p.read_text()
     return _build(TrainConfig, yaml.safe_load(text))
+
+
+def apply_overrides(cfg: TrainConfig, assignments: list[str]) -> TrainConfig:
+    """Apply ``section.key=value`` strings (value parsed as YAML) to ``cfg`` in place."""
+    for a in assignments:
+        if "=" not in a:
+            raise ValueError(f"override {a!r} is not KEY=VALUE")
+        key, raw = a.split("=", 1)
+        target = key.split(".")[-1]
+        obj = cfg
+        for part in key.split(".")[:-1]:
+            obj = obj[part] if isinstance(obj, dict) else getattr(obj, part)
+        value = yaml.safe_load(raw)
+        if isinstance(obj, dict):
+            obj[target] = value
+        elif hasattr(obj, target):
+            setattr(obj, target, tuple(value) if isinstance(value, list) else value)
+        else:
+            raise ValueError(f"unknown config key {key!r}")
+    return cfg
