@@ -43,7 +43,9 @@ _MIN_SR = 1000
 _MAX_SR = 768000
 _MAX_CHANNELS = 8
 _SILENCE_PEAK = 1e-4
-_FLOAT_PEAK_TOL = 1e-3
+# Float input may overshoot full scale a little (float WAVs, resampled audio); a larger peak
+# almost always means integer PCM stored as float, which is rejected.
+_FLOAT_PEAK_TOL = 1.0
 _LOWPASS_FILTER_WIDTH = 6
 _ROLLOFF = 0.99
 # Frames (input strides) processed per matmul in resample(); bounds the
@@ -118,7 +120,7 @@ def _convert_dtype(x: np.ndarray, label: str) -> np.ndarray:
         peak = float(np.max(np.abs(x))) if x.size else 0.0
         if peak > 1.0 + _FLOAT_PEAK_TOL:
             raise AudioError(
-                f"{label}: float samples must lie in [-1, 1]; got peak {peak:.6g}"
+                f"{label}: float samples must lie within [-2, 2] (full scale is 1.0); got peak {peak:.6g}"
                 " — int PCM passed as float? divide by 32768"
             )
         return x.astype(np.float32, copy=False)
@@ -194,7 +196,7 @@ def load_audio(
         source: a path (WAV/FLAC/OGG, read with soundfile), a numpy array or a
             torch.Tensor. Arrays may be 1-D ``(time,)``, 2-D ``(channels, time)`` or
             ``(time, channels)`` with at most 8 channels, or 3-D ``(1, ...)``.
-            Float arrays must lie in [-1, 1]; int8/16/32/64 are scaled by
+            Float arrays must lie in [-2, 2] (peaks above 1 are clipped); int8/16/32/64 are scaled by
             ``2**(bits-1)``; uint8 is 8-bit offset PCM, ``(x - 128) / 128``.
         sample_rate: rate of ``source`` in Hz. For arrays/tensors ``None`` means
             16000. For files it must be ``None`` or equal the file's rate.
@@ -202,12 +204,11 @@ def load_audio(
             ``<array shape=(...) dtype=...>``).
 
     Returns:
-        ``(num_samples,)`` float32 waveform at :data:`TARGET_SAMPLE_RATE`; before
-        resampling its samples lie in [-1, 1].
+        ``(num_samples,)`` float32 waveform at :data:`TARGET_SAMPLE_RATE` in [-1, 1].
 
     Raises:
         AudioError: missing/unreadable/empty file, unsupported dtype, NaN/inf,
-            float peak > 1, bad sample rate, bad shape, silence (peak < 1e-4) or
+            float peak > 2, bad sample rate, bad shape, silence (peak < 1e-4) or
             duration < :data:`MIN_DURATION_S` s at the input's own rate.
     """
     if isinstance(source, (str, bytes, os.PathLike)):
@@ -243,7 +244,7 @@ def load_audio(
     _check_silence(x, label)
     if sr != TARGET_SAMPLE_RATE:
         x = resample(x, sr, TARGET_SAMPLE_RATE)
-    return x
+    return np.clip(x, -1.0, 1.0, out=x)
 
 
 def _read_file(path: str, label: str) -> tuple[np.ndarray, int]:
@@ -260,7 +261,7 @@ def _read_file(path: str, label: str) -> tuple[np.ndarray, int]:
         raise AudioError(f"{label}: contains NaN/inf samples")
     peak = float(np.max(np.abs(data)))
     if peak > 1.0 + _FLOAT_PEAK_TOL:
-        raise AudioError(f"{label}: float samples must lie in [-1, 1]; got peak {peak:.6g}")
+        raise AudioError(f"{label}: float samples must lie within [-2, 2] (full scale is 1.0); got peak {peak:.6g}")
     return _downmix(data), sr
 
 

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..audio import TARGET_SAMPLE_RATE, audio_info, load_audio
+from ..audio import MIN_DURATION_S, TARGET_SAMPLE_RATE, audio_info, load_audio
 
 log = logging.getLogger(__name__)
 
@@ -80,9 +80,9 @@ def load_segment(spec: str, root: Path) -> np.ndarray:
     """Load a trial-list entry (path or ``path@START-END``) as a 16 kHz float32 waveform."""
     path, start, end = split_segment(spec)
     full = root / path if not os.path.isabs(path) else Path(path)
-    wav = load_audio(full)
+    wav = load_audio(full, name=spec)
     if start is not None:
-        wav = wav[int(start * TARGET_SAMPLE_RATE): int(end * TARGET_SAMPLE_RATE)]
+        wav = load_audio(wav[int(start * TARGET_SAMPLE_RATE): int(end * TARGET_SAMPLE_RATE)], name=spec)
     return wav
 
 
@@ -120,8 +120,14 @@ def prepare(root: Path, out: Path, n_dev: int = 30, n_test: int = 30, segments: 
             for p in by_spk[spk]:
                 frames, sr, _ = audio_info(p)
                 dur = frames / sr
-                step = math.floor(dur / segments * 100) / 100
-                for i in range(segments):
+                n_seg = segments  # fewer segments for short recordings: each >= MIN_DURATION_S
+                while n_seg > 2 and math.floor(dur / n_seg * 100) / 100 < MIN_DURATION_S:
+                    n_seg -= 1
+                step = math.floor(dur / n_seg * 100) / 100
+                if step < MIN_DURATION_S:
+                    log.warning("%s: %.2f s is too short for 2 segments; skipped", p, dur)
+                    continue
+                for i in range(n_seg):
                     segs.append((spk, p, f"{rel(p)}@{i * step:.2f}-{(i + 1) * step:.2f}"))
         n = 0
         with open(out / name, "w") as f:
@@ -136,7 +142,11 @@ def prepare(root: Path, out: Path, n_dev: int = 30, n_test: int = 30, segments: 
              "dev_trials": n_dev_trials, "test_trials": n_test_trials}
     fsdd = root / fsdd_subdir
     if fsdd.is_dir():
-        wavs = sorted(p for p in fsdd.glob("*.wav") if speaker_of(p))
+        wavs = []
+        for p in sorted(fsdd.glob("*.wav")):
+            frames, sr, _ = audio_info(p)
+            if speaker_of(p) and frames / sr >= MIN_DURATION_S:  # many digits are shorter than 0.5 s
+                wavs.append(p)
         pairs = set()
         by = {}
         for p in wavs:
