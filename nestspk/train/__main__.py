@@ -1,6 +1,8 @@
 """``nestspk-train``: train, prepare data lists, or package a run into shipped weights.
 
     nestspk-train --config nested_4level --out runs/nested_4level [--device cuda] [--max-minutes 8]
+    nestspk-train --gpus 2 --config nested_4level ...        (DDP; = torchrun --nproc_per_node 2 -m nestspk.train ...)
+    torchrun --nproc_per_node=2 -m nestspk.train --config nested_4level ...
     nestspk-train prepare --root ../shared/data --out weights/lists
     nestspk-train package --run runs/nested_4level --name nested_4level [--weights-dir weights]
 """
@@ -9,13 +11,16 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    rank = int(os.environ.get("RANK", 0))
+    logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,
+                        format=f"%(asctime)s %(levelname)s {f'[rank {rank}] ' if 'RANK' in os.environ else ''}%(message)s")
     if argv and argv[0] == "prepare":
         p = argparse.ArgumentParser(prog="nestspk-train prepare")
         p.add_argument("--root", type=Path, default=None, help="data root (default $NESTSPK_DATA or ../shared/data)")
@@ -48,7 +53,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value, e.g. --set optim.patience=1000 (repeatable)")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--gpus", type=int, default=None,
+                   help="train data-parallel on N processes: re-launches itself through torchrun "
+                        "(--nproc_per_node N); under torchrun the world size comes from the environment")
     a = p.parse_args(argv)
+    if a.gpus is not None and a.gpus > 1 and "WORLD_SIZE" not in os.environ:
+        from .distributed import launch
+        return launch(a.gpus, _strip_option(argv, "--gpus"))
     from .config import apply_overrides, load_config
     from .trainer import TrainingDiverged, train
     cfg = apply_overrides(load_config(a.config), a.set)
@@ -60,8 +71,22 @@ def main(argv: list[str] | None = None) -> int:
     except TrainingDiverged as e:
         logging.error("%s", e)
         return 3
-    print(json.dumps(summary))
+    if rank == 0:
+        print(json.dumps(summary))
     return 0
+
+
+def _strip_option(argv: list[str], name: str) -> list[str]:
+    """``argv`` without ``name VALUE`` / ``name=VALUE``."""
+    out, skip = [], False
+    for x in argv:
+        if skip:
+            skip = False
+        elif x == name:
+            skip = True
+        elif not x.startswith(name + "="):
+            out.append(x)
+    return out
 
 
 if __name__ == "__main__":

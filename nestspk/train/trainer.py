@@ -5,6 +5,7 @@ import csv
 import json
 import logging
 import math
+import os
 import random
 import time
 from collections import defaultdict
@@ -16,6 +17,7 @@ import torch.nn.functional as F
 
 from ..metrics import compute_eer, compute_min_dcf
 from ..models import SpeakerModel, build_model, count_parameters
+from . import distributed as ddp
 from .config import TrainConfig
 from .data import BatchSampler, WaveformBank, default_data_root, load_segment, read_manifest, read_trials
 from .loss import AAMSoftmax
@@ -100,20 +102,37 @@ def train(cfg: TrainConfig, out_dir: str | Path, device: str = "auto", max_minut
 
     Stops at ``optim.epochs``, on patience, or (resumably) after ``max_minutes``.
     Raises :class:`TrainingDiverged` when the sentinel fires (after saving the batch).
+
+    Under torchrun (``WORLD_SIZE`` > 1) this trains with DistributedDataParallel:
+    see :mod:`nestspk.train.distributed`. Only rank 0 writes to ``out_dir``; every
+    rank returns the same summary.
     """
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device))
+    ctx, dev = ddp.setup(device)
+    try:
+        return _train(cfg, Path(out_dir), dev, ctx, max_minutes, progress)
+    finally:
+        ddp.cleanup(ctx)
+
+
+def _train(cfg: TrainConfig, out: Path, dev: torch.device, ctx: ddp.DistContext, max_minutes: float | None,
+           progress: bool) -> dict:
+    main = ctx.is_main
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
     _seed_everything(cfg.seed)
     torch.backends.cudnn.benchmark = True
     root = Path(cfg.data.root) if cfg.data.root else default_data_root()
     t_start = time.time()
 
     bank = WaveformBank(read_manifest(cfg.data.train_manifest), root, dev)
-    sampler = BatchSampler(bank, cfg.data.crop_seconds, cfg.data.augment, cfg.seed)
-    devset = DevSet(Path(cfg.data.dev_trials), root)
+    sampler = BatchSampler(bank, cfg.data.crop_seconds, cfg.data.augment, ddp.rank_seed(cfg.seed, ctx.rank))
+    devset = DevSet(Path(cfg.data.dev_trials), root) if main else None
     model = build_model(cfg.model, cfg.model_options).to(dev)
     head = AAMSoftmax(model.embed_dim, bank.n_classes, cfg.loss.margin, cfg.loss.scale, cfg.loss.safe).to(dev)
+    model = ddp.convert_batchnorm(model, ctx, dev)
+    net = ddp.wrap(model, head, ctx, dev)  # DDP(model + head) when distributed; same parameter objects
+    batch_size = ddp.local_batch_size(cfg.optim.batch_size, ctx.world_size)
+    inject_nan = _nan_injection(ctx.rank)
     params = list(model.parameters()) + list(head.parameters())
     opt = torch.optim.Adam(params, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
     sched = torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=cfg.optim.lr_decay)
@@ -134,54 +153,71 @@ def train(cfg: TrainConfig, out_dir: str | Path, device: str = "auto", max_minut
         sampler.load_state(ck["sampler_rng"].to(sampler.g.get_state().device))
         torch.set_rng_state(ck["torch_rng"])
         state = json.loads(ck["state"])
-        log.info("resumed %s at epoch %d (best dev EER %.2f%%)", cfg.name, state["epoch"], 100 * state["best_eer"])
-    (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=1))
-
+        if main:
+            log.info("resumed %s at epoch %d (best dev EER %.2f%%)", cfg.name, state["epoch"], 100 * state["best_eer"])
     writer = None
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-        writer = SummaryWriter(str(out / "tb"))
-    except Exception:  # tensorboard is an optional extra
-        log.info("tensorboard not installed; telemetry goes to CSV only")
+    if main:
+        (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=1))
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+            writer = SummaryWriter(str(out / "tb"))
+        except Exception:  # tensorboard is an optional extra
+            log.info("tensorboard not installed; telemetry goes to CSV only")
     step_log, epoch_log = CsvLog(out / "steps.csv"), CsvLog(out / "epochs.csv")
     is_nested = hasattr(model.encoder, "nested")
     n_params = count_parameters(model)
-    log.info("%s: %s, %d parameters, %d classes, device %s", cfg.name, cfg.model, n_params, bank.n_classes, dev)
+    if main:
+        log.info("%s: %s, %d parameters, %d classes, device %s", cfg.name, cfg.model, n_params, bank.n_classes, dev)
+        if ctx.distributed:
+            log.info("DDP: %d ranks x %d crops = global batch %d", ctx.world_size, batch_size, batch_size * ctx.world_size)
 
     try:
         from tqdm import tqdm
     except ImportError:  # pragma: no cover
         tqdm = None
-    status = "finished"
+    status: str | None = None  # None: keep training
     while state["epoch"] < cfg.optim.epochs:
         epoch = state["epoch"] + 1
+        if ctx.distributed:  # per-rank streams are a pure function of (seed, epoch, rank): exact resume
+            s = ddp.epoch_seed(cfg.seed, epoch, ctx.rank)
+            sampler.g.manual_seed(s)
+            torch.manual_seed(s)
         model.train()
         head.train()
         losses, accs, t0 = [], [], time.time()
         steps = range(cfg.optim.steps_per_epoch)
-        bar = tqdm(steps, desc=f"{cfg.name} ep{epoch}", leave=False, disable=not progress) if tqdm else steps
+        bar = tqdm(steps, desc=f"{cfg.name} ep{epoch}", leave=False, disable=not (progress and main)) if tqdm else steps
         for _ in bar:
             state["step"] += 1
             record = state["step"] % cfg.log_every == 0
             if is_nested:
                 model.encoder.record_telemetry = record
-            wav, labels = sampler.sample(cfg.optim.batch_size)
+            wav, labels = sampler.sample(batch_size)
             with torch.autocast(dev.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-                emb = model(wav)
-                loss, acc = head(emb, labels)
+                loss, acc = net(wav, labels)
+            if inject_nan is not None and state["step"] == inject_nan:
+                loss = loss * float("nan")
             opt.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.unscale_(opt)
             total = torch.nn.utils.clip_grad_norm_(params, cfg.optim.grad_clip)
             loss_v, total_v = loss.item(), total.item()
-            if not math.isfinite(loss_v) or (not math.isfinite(total_v) and cfg.amp != "fp16"):
+            bad = not math.isfinite(loss_v) or (not math.isfinite(total_v) and cfg.amp != "fp16")
+            acc_v = acc.item()
+            if ctx.distributed:  # one all-reduce: global loss/acc and which ranks went non-finite
+                local_loss = loss_v
+                loss_v, acc_v, bad_ranks, loss_ranks = ctx.reduce_step(loss_v, acc_v, bad, not math.isfinite(loss_v), dev)
+                if bad_ranks:
+                    _dist_sentinel(ctx, out, cfg, state, epoch, wav, labels, named, loss_v, local_loss, total_v,
+                                   model, bad_ranks, loss_ranks)
+            elif bad:
                 _sentinel(out, cfg, state, epoch, wav, labels, named, loss_v, total_v, model)
             scaler.step(opt)  # with fp16 the scaler skips steps whose gradients are inf/NaN
             scaler.update()
             losses.append(loss_v)
-            accs.append(acc.item())
-            if record:
-                row = {"epoch": epoch, "step": state["step"], "loss": loss_v, "acc": acc.item(),
+            accs.append(acc_v)
+            if record and main:
+                row = {"epoch": epoch, "step": state["step"], "loss": loss_v, "acc": acc_v,
                        "lr": opt.param_groups[0]["lr"], "grad_norm": total_v,
                        "amp_scale": scaler.get_scale() if cfg.amp == "fp16" else 1.0}
                 row.update(_group_norms(named, groups))
@@ -194,46 +230,57 @@ def train(cfg: TrainConfig, out_dir: str | Path, device: str = "auto", max_minut
                     for k, v in row.items():
                         if k not in ("epoch", "step"):
                             writer.add_scalar(k if "/" in k else f"train/{k}", v, state["step"])
+        train_seconds = time.time() - t0
         sched.step()
-        if not all(torch.isfinite(p).all() for p in params):
+        if ctx.any(not all(torch.isfinite(p).all() for p in params), dev):
+            if ctx.distributed:
+                _dist_sentinel(ctx, out, cfg, state, epoch, wav, labels, named, float("nan"), float("nan"),
+                               float("nan"), model, [], [])
             _sentinel(out, cfg, state, epoch, wav, labels, named, float("nan"), float("nan"), model)
-        metrics = devset.evaluate(model, dev)
-        state["epoch"] = epoch
-        improved = metrics["eer"] < state["best_eer"]
-        if improved:
-            state.update(best_eer=metrics["eer"], best_epoch=epoch, bad_epochs=0, best_metrics=metrics)
-            torch.save({"model": model.state_dict()}, out / "best.pt")
-        else:
-            state["bad_epochs"] += 1
-        erow = {"epoch": epoch, "loss": float(np.mean(losses)), "acc": float(np.mean(accs)),
-                "lr": opt.param_groups[0]["lr"], "dev_eer": metrics["eer"], "dev_min_dcf_0.01": metrics["min_dcf_0.01"],
-                "dev_min_dcf_0.05": metrics["min_dcf_0.05"], "seconds": time.time() - t0}
-        if is_nested:
-            for k in model.encoder.nested:
-                erow[f"weight/level{k}"] = model.encoder.nested_weight_value(int(k))
-        epoch_log.write(erow)
-        state["history"].append({"epoch": epoch, "dev_eer": metrics["eer"], "loss": erow["loss"]})
-        if writer:
-            writer.add_scalar("dev/eer", metrics["eer"], epoch)
-            writer.add_scalar("dev/min_dcf_0.01", metrics["min_dcf_0.01"], epoch)
-        log.info("%s epoch %d loss %.3f acc %.1f%% dev EER %.2f%% minDCF0.01 %.3f (%.1fs)", cfg.name, epoch,
-                 erow["loss"], erow["acc"], 100 * metrics["eer"], metrics["min_dcf_0.01"], erow["seconds"])
-        torch.save({"model": model.state_dict(), "head": head.state_dict(), "optimizer": opt.state_dict(),
-                    "scheduler": sched.state_dict(), "scaler": scaler.state_dict(), "sampler_rng": sampler.state(),
-                    "torch_rng": torch.get_rng_state(), "state": json.dumps(state)}, out / "last.tmp")
-        (out / "last.tmp").replace(ckpt_path)
-        if state["bad_epochs"] >= cfg.optim.patience:
-            status = "early_stopped"
+        if main:  # dev evaluation, telemetry, checkpoints and the stop decision happen on rank 0 only
+            metrics = devset.evaluate(model, dev)
+            state["epoch"] = epoch
+            improved = metrics["eer"] < state["best_eer"]
+            if improved:
+                state.update(best_eer=metrics["eer"], best_epoch=epoch, bad_epochs=0, best_metrics=metrics)
+                torch.save({"model": model.state_dict()}, out / "best.pt")
+            else:
+                state["bad_epochs"] += 1
+            erow = {"epoch": epoch, "loss": float(np.mean(losses)), "acc": float(np.mean(accs)),
+                    "lr": opt.param_groups[0]["lr"], "dev_eer": metrics["eer"],
+                    "dev_min_dcf_0.01": metrics["min_dcf_0.01"], "dev_min_dcf_0.05": metrics["min_dcf_0.05"],
+                    "seconds": time.time() - t0, "train_seconds": train_seconds}
+            if is_nested:
+                for k in model.encoder.nested:
+                    erow[f"weight/level{k}"] = model.encoder.nested_weight_value(int(k))
+            epoch_log.write(erow)
+            state["history"].append({"epoch": epoch, "dev_eer": metrics["eer"], "loss": erow["loss"]})
+            if writer:
+                writer.add_scalar("dev/eer", metrics["eer"], epoch)
+                writer.add_scalar("dev/min_dcf_0.01", metrics["min_dcf_0.01"], epoch)
+            log.info("%s epoch %d loss %.3f acc %.1f%% dev EER %.2f%% minDCF0.01 %.3f (%.1fs)", cfg.name, epoch,
+                     erow["loss"], erow["acc"], 100 * metrics["eer"], metrics["min_dcf_0.01"], erow["seconds"])
+            torch.save({"model": model.state_dict(), "head": head.state_dict(), "optimizer": opt.state_dict(),
+                        "scheduler": sched.state_dict(), "scaler": scaler.state_dict(), "sampler_rng": sampler.state(),
+                        "torch_rng": torch.get_rng_state(), "state": json.dumps(state)}, out / "last.tmp")
+            (out / "last.tmp").replace(ckpt_path)
+            if state["bad_epochs"] >= cfg.optim.patience:
+                status = "early_stopped"
+            elif max_minutes is not None and (time.time() - t_start) / 60 > max_minutes and state["epoch"] < cfg.optim.epochs:
+                status = "paused"
+        # other ranks wait here for rank 0; its state and stop decision reach every rank, so all stop together
+        state, status = ctx.broadcast_object((state, status))
+        if status is not None:
             break
-        if max_minutes is not None and (time.time() - t_start) / 60 > max_minutes and state["epoch"] < cfg.optim.epochs:
-            status = "paused"
-            break
+    status = status or "finished"
     summary = {"name": cfg.name, "model": cfg.model, "status": status, "epochs": state["epoch"], "steps": state["step"],
                "best_epoch": state["best_epoch"], "best_dev": state.get("best_metrics"), "parameters": n_params,
                "train_speakers": bank.n_classes, "nan_events": 0}
-    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    if main:
+        (out / "summary.json").write_text(json.dumps(summary, indent=1))
     if writer:
         writer.close()
+    ctx.barrier()
     return summary
 
 
@@ -245,19 +292,61 @@ def _group_norms(named, groups) -> dict:
     return {f"grad/{g}": math.sqrt(sq[g]) for g in groups}
 
 
+def _nan_injection(rank: int) -> int | None:
+    """Test hook: ``NESTSPK_DEBUG_NAN_STEP=N`` makes the loss NaN at global step N (on every rank, or only on
+    ``NESTSPK_DEBUG_NAN_RANK``). Returns the step for this rank, or None (the normal case)."""
+    step = os.environ.get("NESTSPK_DEBUG_NAN_STEP")
+    only = os.environ.get("NESTSPK_DEBUG_NAN_RANK")
+    if not step or (only not in (None, "") and int(only) != rank):
+        return None
+    log.warning("rank %d: NESTSPK_DEBUG_NAN_STEP=%s: the loss will be NaN at that step", rank, step)
+    return int(step)
+
+
+def _dist_sentinel(ctx: ddp.DistContext, out: Path, cfg: TrainConfig, state: dict, epoch: int, wav, labels, named,
+                   loss_v: float, local_loss: float, total_v: float, model, bad_ranks: list[int],
+                   loss_ranks: list[int]):
+    """Distributed sentinel, reached by every rank in the same step (the 'bad' flag is all-reduced).
+
+    ``bad_ranks``: ranks with a non-finite loss or (DDP-averaged, so then all) gradient norm;
+    ``loss_ranks``: those whose own loss was non-finite, i.e. where the bad batch is.
+    Rank 0 writes the diagnosis and its batch (``nan_batch.pt``); a non-zero rank in ``loss_ranks``
+    also saves its batch as ``nan_batch_rank{r}.pt``. All ranks then meet at a barrier (so torchrun
+    does not kill rank 0 mid-write) and raise :class:`TrainingDiverged` together.
+    """
+    msg = (f"{cfg.name}: rank {ctx.rank}: stopping, non-finite loss/gradient at step {state['step']} "
+           f"(bad ranks {bad_ranks}, non-finite loss on {loss_ranks})")
+    if ctx.is_main:
+        msg = _write_diagnosis(out, cfg, state, epoch, wav, labels, named, loss_v, total_v, model,
+                               {"world_size": ctx.world_size, "bad_ranks": bad_ranks, "nonfinite_loss_ranks": loss_ranks,
+                                "rank0_loss": local_loss})
+    elif ctx.rank in loss_ranks:
+        out.mkdir(parents=True, exist_ok=True)
+        torch.save({"wav": wav.detach().cpu(), "labels": labels.detach().cpu(), "loss": local_loss},
+                   out / f"nan_batch_rank{ctx.rank}.pt")
+    ctx.barrier()
+    raise TrainingDiverged(msg)
+
+
 def _sentinel(out: Path, cfg: TrainConfig, state: dict, epoch: int, wav, labels, named, loss_v, total_v, model):
     """Save the offending batch and a diagnosis, then stop. last.pt still holds the last good epoch."""
+    raise TrainingDiverged(_write_diagnosis(out, cfg, state, epoch, wav, labels, named, loss_v, total_v, model))
+
+
+def _write_diagnosis(out: Path, cfg: TrainConfig, state: dict, epoch: int, wav, labels, named, loss_v, total_v, model,
+                     extra: dict | None = None) -> str:
+    """Write nan_batch.pt, diverged.json and summary.json; returns the error message."""
     torch.save({"wav": wav.detach().cpu(), "labels": labels.detach().cpu()}, out / "nan_batch.pt")
     bad = [n for n, p in named if p.grad is not None and not torch.isfinite(p.grad).all()]
     bad_params = [n for n, p in named if not torch.isfinite(p).all()]
     report = {"name": cfg.name, "epoch": epoch, "step": state["step"], "loss": loss_v, "grad_norm": total_v,
               "nonfinite_grads": bad[:50], "n_nonfinite_grads": len(bad), "nonfinite_params": bad_params[:50],
               "grad_norms": _group_norms(named, sorted({param_group_name(n) for n, _ in named}))}
+    report.update(extra or {})
     (out / "diverged.json").write_text(json.dumps(report, indent=1, default=str))
     summary = {"name": cfg.name, "model": cfg.model, "status": "diverged", "epochs": epoch - 1, "steps": state["step"],
                "best_epoch": state["best_epoch"], "best_dev": state.get("best_metrics"), "nan_events": 1,
                "diverged_at": {"epoch": epoch, "step": state["step"]}}
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
-    raise TrainingDiverged(
-        f"{cfg.name}: non-finite loss/gradient at epoch {epoch}, step {state['step']} (loss={loss_v}, grad norm={total_v}); "
-        f"batch saved to {out / 'nan_batch.pt'}, diagnosis in {out / 'diverged.json'}, last good checkpoint {out / 'last.pt'}")
+    return (f"{cfg.name}: non-finite loss/gradient at epoch {epoch}, step {state['step']} (loss={loss_v}, grad norm={total_v}); "
+            f"batch saved to {out / 'nan_batch.pt'}, diagnosis in {out / 'diverged.json'}, last good checkpoint {out / 'last.pt'}")

@@ -1,0 +1,64 @@
+import pytest
+import torch
+import torch.nn.functional as F
+
+from nestspk.models import MODELS, build_model, count_parameters
+from nestspk.models.nested import NestedSpeakerNet
+
+
+@pytest.mark.parametrize("name", ["nested", "resnetse34l"])
+@pytest.mark.parametrize("seconds", [1.0, 2.37])
+def test_shapes(name, seconds):
+    m = build_model(name).eval()
+    with torch.no_grad():
+        y = m(torch.randn(2, int(16000 * seconds)) * 0.1)
+    assert y.shape == (2, 512) and torch.isfinite(y).all()
+    assert torch.allclose(m.embed(torch.randn(1, 16000)).norm(dim=1), torch.ones(1), atol=1e-5)
+
+
+def test_registry_and_parameter_counts():
+    assert set(MODELS) == {"nested", "resnetse34l"}
+    counts = {n: count_parameters(build_model(n)) for n in MODELS}
+    # the architectures as documented in README (exact counts)
+    assert counts == {"nested": 1_289_895, "resnetse34l": 1_519_452}
+    with pytest.raises(ValueError, match="unknown model"):
+        build_model("lstm")
+    with pytest.raises(ValueError, match="unknown model option"):
+        build_model("nested", {"nrom": "group"})
+
+
+def test_nested_switches_reproduce_seed_variants():
+    pre = build_model("nested", {"nested_norm": "batch", "align": "interpolate", "nested_weight": "fixed"}).encoder
+    assert isinstance(pre.nested["3"].proj[1], torch.nn.BatchNorm2d)
+    assert pre.nested_weight(3) == 0.5 and len(pre.nested_w) == 0
+    fixed = build_model("nested").encoder
+    assert isinstance(fixed.nested["3"].proj[1], torch.nn.GroupNorm)
+    assert abs(fixed.nested_weight_value(2) - torch.sigmoid(torch.tensor(0.3)).item()) < 1e-6
+    only3 = build_model("nested", {"nested_levels": [3], "fusion": False}).encoder
+    assert list(only3.nested) == ["3"] and not hasattr(only3, "fuse")
+    with pytest.raises(ValueError):
+        build_model("nested", {"align": "bicubic"})
+
+
+def test_avg_pool_alignment_equals_adaptive_avg_pool():
+    enc: NestedSpeakerNet = build_model("nested").encoder.eval()
+    proj = enc.nested["4"]
+    feats = [torch.randn(2, 16, 20, 48), torch.randn(2, 32, 10, 24), torch.randn(2, 64, 5, 12)]
+    like = torch.randn(2, 128, 5, 12)
+    ours = [F.avg_pool2d(f, kernel_size=r) if r != (1, 1) else f for f, r in zip(feats, proj.ratios)]
+    ref = [F.adaptive_avg_pool2d(f, like.shape[2:]) for f in feats]
+    for a, b in zip(ours, ref):
+        assert torch.allclose(a, b, atol=1e-6)
+
+
+def test_nested_gradients_reach_every_level():
+    m = build_model("nested")
+    m.train()
+    y = m(torch.randn(4, 16000) * 0.1)
+    y.pow(2).mean().backward()
+    enc = m.encoder
+    for k, w in enc.nested_w.items():
+        assert w.grad is not None and torch.isfinite(w.grad).all(), k
+    for lvl in enc.levels:
+        g = next(lvl.parameters()).grad
+        assert g is not None and g.abs().sum() > 0
