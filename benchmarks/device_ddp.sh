@@ -79,4 +79,6 @@ for n, r in res["runs"].items():
 (out / "ddp_scaling.md").write_text("\n".join(md) + "\n")
 print("\n".join(md))
 EOF
+# the device tool brings back at most 8 files: pack the per-run logs/CSVs into one archive
+(cd "$OUT" && tar -czf ddp_runs.tgz gpus.txt gpu1* gpu2* 2>/dev/null && rm -rf gpus.txt gpu1 gpu1.* gpu2 gpu2.*)
 ls -la "$OUT"

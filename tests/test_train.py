@@ -1,0 +1,83 @@
+import csv
+import json
+import math
+
+import pytest
+import torch
+
+from nestspk.train.config import apply_overrides, load_config, packaged_configs
+from nestspk.train.loss import AAMSoftmax
+from nestspk.train.trainer import TrainingDiverged, train
+
+
+def test_shipped_configs_load_with_seed_defaults():
+    assert {"nested_4level", "resnetse34l_asp", "nested_seed_prefix", "nested_seed_fixed", "smoke"} <= set(packaged_configs())
+    cfg = load_config("nested_4level")
+    o = cfg.optim
+    assert (o.batch_size, o.lr, o.lr_decay, o.weight_decay, o.grad_clip, o.epochs, o.patience) == (48, 8e-4, 0.97, 2e-4, 5.0, 150, 20)
+    assert cfg.loss.safe and cfg.amp == "off"
+    pre = load_config("nested_seed_prefix")
+    assert pre.model_options["nested_norm"] == "batch" and not pre.loss.safe and pre.amp == "fp16"
+    with pytest.raises(ValueError):
+        apply_overrides(load_config("smoke"), ["optim.nope=1"])
+
+
+def _cos_one_batch():
+    """Embeddings pointing exactly at their class centre: cos = 1 for the target class."""
+    head = AAMSoftmax(8, 4, safe=False)
+    emb = head.weight.detach()[:2].clone().requires_grad_(True)
+    return head, emb, torch.tensor([0, 1])
+
+
+def test_common_aam_softmax_gradient_is_infinite_at_cos_one():
+    """The NaN mechanism: d sqrt(1 - cos^2) / d cos = -cos / sin is infinite at cos = 1."""
+    head, emb, labels = _cos_one_batch()
+    # fp16 rounds every cosine within ~5e-4 of 1 to exactly 1.0; emulate with an exact hit in fp32
+    cos = head.cosine(emb).detach().clone().fill_diagonal_(1.0).requires_grad_(True)
+    sin = torch.sqrt((1.0 - cos * cos).clamp(0, 1))
+    logits = head._logits(cos, sin, labels)
+    torch.nn.functional.cross_entropy(logits, labels).backward()
+    assert not torch.isfinite(cos.grad).all()
+    # and gradient-norm clipping cannot repair it: 5 / inf = 0 and 0 * inf = nan
+    p = torch.nn.Parameter(torch.zeros_like(cos))
+    p.grad = cos.grad.clone()
+    torch.nn.utils.clip_grad_norm_(p, 5.0)
+    assert torch.isnan(p.grad).any()
+
+
+def test_safe_aam_softmax_is_finite_at_cos_one_and_in_fp16():
+    head = AAMSoftmax(8, 4, safe=True)
+    emb = head.weight.detach()[:2].clone().requires_grad_(True)
+    loss, _ = head(emb, torch.tensor([0, 1]))
+    loss.backward()
+    assert torch.isfinite(loss) and torch.isfinite(emb.grad).all() and torch.isfinite(head.weight.grad).all()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss16, _ = head(emb.detach().clone().requires_grad_(True), torch.tensor([0, 1]))
+    assert loss16.dtype == torch.float32 and torch.isfinite(loss16)
+
+
+def test_smoke_training_decreases_loss_without_nan(tmp_path, librispeech_files):
+    cfg = apply_overrides(load_config("smoke"), ["optim.epochs=3"])
+    s = train(cfg, tmp_path / "run", device="cpu", progress=False)
+    assert s["status"] == "finished" and s["epochs"] == 3 and s["nan_events"] == 0
+    rows = list(csv.DictReader(open(tmp_path / "run" / "epochs.csv")))
+    losses = [float(r["loss"]) for r in rows]
+    assert all(math.isfinite(x) for x in losses) and losses[-1] < losses[0]
+    steps = list(csv.DictReader(open(tmp_path / "run" / "steps.csv")))
+    assert {"grad_norm", "grad/levels.0", "weight/level2", "act_rms/level4", "lr"} <= set(steps[0])
+    assert 0.0 < float(steps[-1]["weight/level3"]) < 1.0
+    # resume: asking for one more epoch continues from last.pt instead of restarting
+    s2 = train(apply_overrides(load_config("smoke"), ["optim.epochs=4"]), tmp_path / "run", device="cpu", progress=False)
+    assert s2["epochs"] == 4 and s2["steps"] == s["steps"] + cfg.optim.steps_per_epoch
+
+
+def test_sentinel_stops_and_saves_the_batch(tmp_path, librispeech_files, monkeypatch):
+    monkeypatch.setenv("NESTSPK_DEBUG_NAN_STEP", "3")
+    cfg = load_config("smoke")
+    with pytest.raises(TrainingDiverged, match="non-finite"):
+        train(cfg, tmp_path / "run", device="cpu", progress=False)
+    report = json.loads((tmp_path / "run" / "diverged.json").read_text())
+    assert report["step"] == 3
+    batch = torch.load(tmp_path / "run" / "nan_batch.pt", weights_only=True)
+    assert batch["wav"].shape[0] == cfg.optim.batch_size
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["status"] == "diverged"
