@@ -4,6 +4,7 @@
     nestspk-train --gpus 2 --config nested_4level ...        (DDP; = torchrun --nproc_per_node 2 -m nestspk.train ...)
     torchrun --nproc_per_node=2 -m nestspk.train --config nested_4level ...
     nestspk-train prepare --root ../shared/data --out weights/lists
+    nestspk-train evaluate runs/nested_4level [--trials weights/lists/test_trials.txt]
     nestspk-train package --run runs/nested_4level --name nested_4level [--weights-dir weights]
 """
 from __future__ import annotations
@@ -32,6 +33,16 @@ def main(argv: list[str] | None = None) -> int:
         from .data import default_data_root, prepare
         stats = prepare(a.root or default_data_root(), a.out, a.dev, a.test, seed=a.seed)
         print(json.dumps(stats))
+        return 0
+    if argv and argv[0] == "evaluate":
+        p = argparse.ArgumentParser(prog="nestspk-train evaluate")
+        p.add_argument("runs", nargs="+", type=Path, help="run folders holding config.json and best.pt")
+        p.add_argument("--trials", type=Path, default=Path("weights/lists/test_trials.txt"))
+        p.add_argument("--root", type=Path, default=None)
+        a = p.parse_args(argv[1:])
+        from .package import evaluate_run
+        for run in a.runs:
+            print(json.dumps({"run": str(run), "trials": str(a.trials), **evaluate_run(run, a.trials, a.root)}))
         return 0
     if argv and argv[0] == "package":
         p = argparse.ArgumentParser(prog="nestspk-train package")

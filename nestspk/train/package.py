@@ -20,6 +20,14 @@ def _git_commit() -> str:
         return "unknown"
 
 
+def evaluate_run(run: Path, trials: Path, root: Path | None = None) -> dict:
+    """EER / minDCF of a run's best checkpoint on a trial list (CPU)."""
+    cfg = json.loads((run / "config.json").read_text())
+    model = build_model(cfg["model"], cfg["model_options"])
+    model.load_state_dict(torch.load(run / "best.pt", map_location="cpu", weights_only=True)["model"])
+    return DevSet(trials, root or default_data_root()).evaluate(model.eval(), torch.device("cpu"))
+
+
 def package_run(run: Path, name: str, weights_dir: Path, test_trials: Path | None = None) -> dict:
     """Copy the run's best checkpoint to ``weights_dir/name.pt`` and write its card.
 
