@@ -14,7 +14,7 @@ OUT=${OUT:-$PWD/ddp_out}; mkdir -p "$OUT"
 PY=${PYTHON:-python3}
 if [ -d .whl ]; then
   $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
-  export PYTHONPATH=/tmp/site:$PWD NESTSPK_DATA=$PWD/.data
+  export PYTHONPATH=/tmp/site:$PWD NESTSPK_DATA=$PWD/${DATA_DIR:-.data}
 fi
 export PYTHONUNBUFFERED=1
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
@@ -24,7 +24,8 @@ if [ "$DEVICE" = cuda ]; then
 else
   echo "$DEVICE" > "$OUT/gpus.txt"; NGPU=${NGPU:-1}
 fi
-COMMON=(--config "$CONFIG" --device "$DEVICE" --no-progress
+# TRAIN_MANIFEST: a smaller manifest when the carried data must be cut to fit the device tool's 64 MiB
+COMMON=(--config "$CONFIG" --device "$DEVICE" --no-progress --set "data.train_manifest=${TRAIN_MANIFEST:-weights/lists/train.txt}"
         --set "optim.epochs=$EPOCHS" --set "optim.steps_per_epoch=$STEPS" --set optim.patience=1000)
 
 run() {  # run NAME N_GPUS

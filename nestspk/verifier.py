@@ -205,7 +205,7 @@ class Verifier:
         score = float(self.score_embeddings(ea, eb))
         cal = self.card.get("calibration")
         llr = None
-        if cal and cal.get("score") == ("asnorm" if self._cohort is not None else "raw"):
+        if cal and cal.get("raw_or_asnorm", "raw") == ("asnorm" if self._cohort is not None else "raw"):
             llr = float(cal["a"] * score + cal["b"])
         return VerificationResult(score=score, same_speaker=score >= self.threshold, threshold=self.threshold, llr=llr)
 
@@ -261,12 +261,16 @@ class Verifier:
                 names, emb, counts, meta = z["names"], z["embeddings"], z["counts"], json.loads(str(z["meta"]))
         except (OSError, ValueError, KeyError, json.JSONDecodeError, EOFError) as e:
             raise GalleryError(f"{path}: not a nestspk gallery file ({type(e).__name__}: {e})") from e
+        if not isinstance(meta, dict):
+            raise GalleryError(f"{path}: not a nestspk gallery file (meta is not a JSON object)")
         if meta.get("format") != "nestspk-gallery/1":
             raise GalleryError(f"{path}: unknown gallery format {meta.get('format')!r}")
         if meta.get("model") != self.model_name:
             raise GalleryError(f"{path}: gallery was made with model {meta.get('model')!r}, this verifier uses {self.model_name!r}")
         if names.ndim != 1 or emb.ndim != 2 or emb.shape != (len(names), self.embed_dim) or counts.shape != names.shape:
             raise GalleryError(f"{path}: inconsistent shapes names {names.shape}, embeddings {emb.shape}, counts {counts.shape}")
+        if names.dtype.kind != "U" or emb.dtype.kind != "f" or counts.dtype.kind not in "iu":
+            raise GalleryError(f"{path}: wrong dtypes names {names.dtype}, embeddings {emb.dtype}, counts {counts.dtype}")
         if len(set(names.tolist())) != len(names):
             raise GalleryError(f"{path}: duplicate speaker names")
         if not np.isfinite(emb).all() or (counts < 1).any():

@@ -47,6 +47,7 @@ class TrainConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     amp: str = "off"  # off | fp16 | bf16
+    sync_batchnorm: bool = True  # multi-GPU only: BatchNorm -> SyncBatchNorm
     seed: int = 0
     log_every: int = 10
 

@@ -179,9 +179,13 @@ class JointModel(nn.Module):
         return self.head(self.model(wav), labels)
 
 
-def convert_batchnorm(model: nn.Module, ctx: DistContext, device: torch.device) -> nn.Module:
+def convert_batchnorm(model: nn.Module, ctx: DistContext, device: torch.device, enabled: bool = True) -> nn.Module:
     """SyncBatchNorm on CUDA when distributed; on CPU (gloo has no SyncBatchNorm) BN stays per rank."""
     if not ctx.distributed or not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+        return model
+    if not enabled:
+        if ctx.is_main:
+            log.info("sync_batchnorm: false -- BatchNorm statistics stay per rank")
         return model
     if device.type == "cuda":
         if ctx.is_main:

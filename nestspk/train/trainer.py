@@ -129,7 +129,7 @@ def _train(cfg: TrainConfig, out: Path, dev: torch.device, ctx: ddp.DistContext,
     devset = DevSet(Path(cfg.data.dev_trials), root) if main else None
     model = build_model(cfg.model, cfg.model_options).to(dev)
     head = AAMSoftmax(model.embed_dim, bank.n_classes, cfg.loss.margin, cfg.loss.scale, cfg.loss.safe).to(dev)
-    model = ddp.convert_batchnorm(model, ctx, dev)
+    model = ddp.convert_batchnorm(model, ctx, dev, cfg.sync_batchnorm)
     net = ddp.wrap(model, head, ctx, dev)  # DDP(model + head) when distributed; same parameter objects
     batch_size = ddp.local_batch_size(cfg.optim.batch_size, ctx.world_size)
     inject_nan = _nan_injection(ctx.rank)
