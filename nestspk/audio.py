@@ -51,6 +51,9 @@ _ROLLOFF = 0.99
 # Frames (input strides) processed per matmul in resample(); bounds the
 # temporary frame matrix to ~_CHUNK_FRAMES * kernel_len float32 values.
 _CHUNK_FRAMES = 1 << 14
+# Largest polyphase resampling kernel (values) accepted; every standard rate
+# (8k..768k multiples of 50 Hz and more) stays far below it.
+_MAX_KERNEL_ELEMS = 1 << 23
 _SF_ERRORS = (RuntimeError, EOFError, OSError, ValueError, TypeError, sf.SoundFileError)
 
 _INT_DTYPES = (np.int8, np.int16, np.int32, np.int64)
@@ -75,6 +78,16 @@ def _check_sample_rate(sr: Any, label: str) -> int:
         raise AudioError(
             f"{label}: sample_rate {sr} Hz outside supported range [{_MIN_SR}, {_MAX_SR}] Hz"
         )
+    if sr != TARGET_SAMPLE_RATE:
+        orig, new = _reduced(sr, TARGET_SAMPLE_RATE)
+        # polyphase kernel is ~new * (orig + filter width) values; an odd rate such as
+        # 44101 Hz (coprime with 16 kHz) would need ~0.7e9 (minutes of CPU, GBs of RAM)
+        width = math.ceil(_LOWPASS_FILTER_WIDTH * orig / (min(orig, new) * _ROLLOFF))
+        if new * (2 * width + orig) > _MAX_KERNEL_ELEMS:
+            raise AudioError(
+                f"{label}: sample_rate {sr} Hz cannot be resampled to {TARGET_SAMPLE_RATE} Hz"
+                f" efficiently (reduced ratio {orig}:{new}); resample it to a standard rate first"
+            )
     return sr
 
 
@@ -244,7 +257,7 @@ def load_audio(
     _check_silence(x, label)
     if sr != TARGET_SAMPLE_RATE:
         x = resample(x, sr, TARGET_SAMPLE_RATE)
-    return np.clip(x, -1.0, 1.0, out=x)
+    return np.clip(x, -1.0, 1.0)  # new array: x may be a view of the caller's (read-only) input
 
 
 def _read_file(path: str, label: str) -> tuple[np.ndarray, int]:
@@ -417,6 +430,9 @@ class _StreamReader:
         self._buf = np.zeros(0, dtype=np.float32)
         self._buf_start = 0  # input index of _buf[0]
         self._pos = 0  # next frame the file will deliver
+        # lowest input index a later read() may still ask for (the next overlapping window's
+        # start); the buffer is kept from there. Default: nothing before the current read.
+        self.keep_from = 1 << 62
 
     def _read_frames(self, count: int) -> np.ndarray:
         try:
@@ -434,13 +450,14 @@ class _StreamReader:
     def read(self, a: int, b: int) -> np.ndarray:
         ca, cb = max(a, 0), min(b, self._n)
         if ca < cb:
-            if ca > self._pos:  # gap: skip frames we will never need
-                self._skip(ca - self._pos)
+            keep = max(min(ca, self.keep_from), self._buf_start)
+            if keep > self._pos:  # gap: skip frames we will never need
+                self._skip(keep - self._pos)
                 self._buf = np.zeros(0, dtype=np.float32)
-                self._buf_start = ca
-            elif ca > self._buf_start:
-                self._buf = self._buf[ca - self._buf_start :]
-                self._buf_start = ca
+                self._buf_start = keep
+            elif keep > self._buf_start:
+                self._buf = self._buf[keep - self._buf_start :]
+                self._buf_start = keep
             if cb > self._pos:
                 self._buf = np.concatenate([self._buf, self._read_frames(cb - self._pos)])
         return _segment_from_buffer(self._buf, self._buf_start, a, b, self._n)
@@ -541,8 +558,13 @@ def _iter_windows(path: str, label: str, sr: int, win: int, hop: int) -> Iterato
             n_out = _resampled_length(n_in, orig, new)
         starts = _window_starts(n_out, win, hop)
         logger.debug("%s: %d windows of %d samples (sr=%d Hz)", label, len(starts), win, sr)
-        for s in starts:
+        for k, s in enumerate(starts):
             e = min(s + win, n_out)
+            if k + 1 < len(starts):  # windows overlap: keep the input the next one starts from
+                nxt = starts[k + 1]
+                reader.keep_from = max(0, nxt if orig == new else (nxt // new) * orig - _sinc_kernel(orig, new)[1])
+            else:
+                reader.keep_from = n_in
             if orig == new:
                 w = reader.read(s, e)
             else:

@@ -75,7 +75,10 @@ def cmd_embed(a: argparse.Namespace) -> int:
         meta = json.loads(side.read_text())
         prev = np.load(out, allow_pickle=False)
         done = {f: i for i, f in enumerate(meta["files"])}
-        embs = list(prev)
+        if len(prev) < len(done):
+            raise NestspkError(f"{out}: has {len(prev)} rows but {side} lists {len(done)} files; cannot resume")
+        # rows past the file list were saved by a run stopped between writing the .npy and the .json
+        embs = list(prev[:len(done)])
         failed = meta.get("failed", {})
     v = _verifier(a)
     todo = [f for f in files if f not in done and f not in failed]
@@ -86,7 +89,9 @@ def cmd_embed(a: argparse.Namespace) -> int:
         tmp = out.with_name(out.name + ".tmp.npy")
         np.save(tmp, arr)
         os.replace(tmp, out)
-        side.write_text(json.dumps({"model": v.model_name, "files": names, "failed": failed}, indent=1))
+        tmp_side = side.with_name(side.name + ".tmp")
+        tmp_side.write_text(json.dumps({"model": v.model_name, "files": names, "failed": failed}, indent=1))
+        os.replace(tmp_side, side)
 
     chunk = max(1, a.batch_size)
     with tqdm(total=len(todo), unit="file", disable=a.quiet) as bar:
