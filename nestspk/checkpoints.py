@@ -24,8 +24,15 @@ ALIASES = {"nested": "nested_4level", "resnetse34l": "resnetse34l_asp", "baselin
 
 
 def weights_dir() -> Path:
-    """Folder of the shipped weights (``weights/`` in the repo, ``nestspk/weights`` when installed)."""
-    return Path(str(resources.files("nestspk.weights")))
+    """Folder of the shipped weights (``weights/`` in the repo, ``nestspk/weights`` when installed).
+
+    Falls back to the repository layout when nestspk runs from a source tree on ``PYTHONPATH``
+    without being installed (then the ``nestspk.weights`` package mapping does not exist).
+    """
+    try:
+        return Path(str(resources.files("nestspk.weights")))
+    except ModuleNotFoundError:
+        return Path(__file__).resolve().parent.parent / "weights"
 
 
 def sha256_file(path: str | Path) -> str:
