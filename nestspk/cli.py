@@ -29,6 +29,13 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--score-norm", default=None, choices=["asnorm"], help="score normalisation")
 
 
+def _threshold(text: str) -> float | str:
+    try:
+        return float(text)
+    except ValueError:
+        return text
+
+
 def _verifier(a: argparse.Namespace, threshold: float | None = None):
     from .verifier import Verifier
 
@@ -163,7 +170,8 @@ def build_parser() -> argparse.ArgumentParser:
     pv = sub.add_parser("verify", help="are two recordings the same speaker?")
     pv.add_argument("audio_a")
     pv.add_argument("audio_b")
-    pv.add_argument("--threshold", type=float, default=None)
+    pv.add_argument("--threshold", type=_threshold, default=None,
+                    help="a score, or an operating point from the card: eer (default), far_0.01, far_0.001")
     pv.add_argument("--json", action="store_true")
     _add_model_args(pv)
     pv.set_defaults(func=cmd_verify)

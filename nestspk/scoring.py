@@ -586,6 +586,22 @@ def update_card(
     return updates
 
 
+OPERATING_POINTS = {"eer": ("eer", None), "far_0.01": ("far", 0.01), "far_0.001": ("far", 0.001)}
+
+
+def update_operating_points(model: str | os.PathLike, trials: str | os.PathLike = "weights/lists/dev_trials.txt",
+                            root: str | os.PathLike | None = None) -> dict:
+    """Write card key ``operating_points``: thresholds for EER / FAR 1% / FAR 0.1% on ``trials``, raw and AS-norm."""
+    card_path = resolve_card(model)
+    out: dict[str, Any] = {"fitted_on": Path(trials).name}
+    for norm in (None, "asnorm"):
+        scores, labels, _ = score_trials(model, trials, root=root, score_norm=norm)
+        out["asnorm" if norm else "raw"] = {
+            name: threshold_for(scores, labels, target, far=far or 0.01) for name, (target, far) in OPERATING_POINTS.items()}
+    _write_card_keys(Path(card_path), {"operating_points": out})
+    return out
+
+
 def _read_rows(path: Path) -> list[tuple[str, str]]:
     from .train.data import read_manifest
 
@@ -612,6 +628,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     if args.update_card:
         result: dict[str, Any] = update_card(args.model, args.root)
+        result["operating_points"] = update_operating_points(args.model, root=args.root)
     else:
         if not args.trials:
             p.error("--trials is required (or --update-card)")

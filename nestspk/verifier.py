@@ -131,13 +131,15 @@ class Verifier:
             or a path to a model card ``.json`` (weights file named in it, next to it).
         device: ``"auto"`` (CUDA when available), ``"cpu"`` or ``"cuda"``.
         backend: ``"torch"`` or ``"onnx"`` (onnxruntime; needs no torch).
-        threshold: decision threshold on the cosine score; default: the card's (EER point on dev trials).
+        threshold: decision threshold: a number on the score scale, or an operating point measured on the
+            dev trials and stored in the card: ``"eer"`` (default), ``"far_0.01"`` or ``"far_0.001"``
+            (false-accept rate 1% / 0.1%).
         score_norm: ``None`` or ``"asnorm"`` (adaptive s-norm with the cohort shipped next to the weights).
         intra_op_threads: onnxruntime intra-op threads (onnx backend only).
     """
 
     def __init__(self, model: str | os.PathLike = "nested", device: str = "auto", backend: str = "torch",
-                 threshold: float | None = None, score_norm: str | None = None,
+                 threshold: float | str | None = None, score_norm: str | None = None,
                  intra_op_threads: int | None = None):
         if backend not in ("torch", "onnx"):
             raise ValueError(f"backend must be 'torch' or 'onnx', got {backend!r}")
@@ -154,18 +156,30 @@ class Verifier:
         self.card: dict = self._runtime.card
         self.model_name: str = self.card["name"]
         self.embed_dim: int = int(self.card["embed_dim"])
-        self.threshold = float(self.card["threshold"] if threshold is None else threshold)
         self.score_norm = score_norm
         self._cohort = None
         if score_norm == "asnorm":
             from .scoring import Cohort
 
             self._cohort = Cohort.from_card(self.card)
-            if threshold is None:
-                self.threshold = float(self.card.get("asnorm", {}).get("threshold", self.threshold))
+        self.threshold = self._resolve_threshold(threshold)
         self._gallery: dict[str, np.ndarray] = {}
         self._gallery_counts: dict[str, int] = {}
         self._lock = threading.Lock()
+
+    def _resolve_threshold(self, threshold: float | str | None) -> float:
+        scale = "asnorm" if self._cohort is not None else "raw"
+        if threshold is None:
+            if scale == "raw":
+                return float(self.card["threshold"])
+            threshold = "eer"
+        if isinstance(threshold, str):
+            points = self.card.get("operating_points", {}).get(scale, {})
+            if threshold not in points:
+                raise ValueError(f"unknown operating point {threshold!r} for {scale} scores of {self.model_name}; "
+                                 f"the card has {sorted(points)} (or pass a number)")
+            return float(points[threshold])
+        return float(threshold)
 
     def __repr__(self) -> str:
         return f"Verifier(model={self.model_name!r}, backend={self.backend!r}, device={self.device!r})"

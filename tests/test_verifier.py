@@ -115,6 +115,20 @@ def test_enroll_identify_gallery_round_trip(nested_verifier, example_files, tmp_
         Verifier("resnetse34l", device="cpu").load_gallery(path)
 
 
+def test_operating_points_from_the_card(example_files):
+    v = Verifier("nested", device="cpu")
+    strict = Verifier("nested", device="cpu", threshold="far_0.001")
+    points = v.card["operating_points"]["raw"]
+    assert v.threshold == pytest.approx(points["eer"], abs=1e-3)
+    assert strict.threshold == points["far_0.001"] > points["far_0.01"] > v.threshold
+    asn = Verifier("nested", device="cpu", score_norm="asnorm", threshold="far_0.01")
+    assert asn.threshold == v.card["operating_points"]["asnorm"]["far_0.01"]
+    r = asn.verify(example_files["a1"], example_files["a2"])
+    assert r.same_speaker and r.llr is None  # calibration is fitted on raw scores only
+    with pytest.raises(ValueError, match="operating point"):
+        Verifier("nested", device="cpu", threshold="far_0.5")
+
+
 def test_baseline_selectable_and_threshold_override(example_files):
     v = Verifier("resnetse34l", device="cpu", threshold=0.99)
     assert v.model_name == "resnetse34l_asp" and v.embed_dim == 512
