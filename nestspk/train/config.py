@@ -46,7 +46,7 @@ class TrainConfig:
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     loss: LossConfig = field(default_factory=LossConfig)
-    amp: str = "off"  # off | fp16 | bf16
+    amp: str = "off"  # off | fp16 (with GradScaler) | fp16_noscaler | bf16
     sync_batchnorm: bool = True  # multi-GPU only: BatchNorm -> SyncBatchNorm
     seed: int = 0
     log_every: int = 10

@@ -136,7 +136,9 @@ def _train(cfg: TrainConfig, out: Path, dev: torch.device, ctx: ddp.DistContext,
     params = list(model.parameters()) + list(head.parameters())
     opt = torch.optim.Adam(params, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
     sched = torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=cfg.optim.lr_decay)
-    amp_dtype = {"off": None, "fp16": torch.float16, "bf16": torch.bfloat16}[cfg.amp]
+    # fp16: autocast + GradScaler (skips steps with inf/NaN gradients); fp16_noscaler: autocast without it,
+    # as many hand-written loops do -- kept to test the NaN mechanism described in weights/TRAINING.md
+    amp_dtype = {"off": None, "fp16": torch.float16, "fp16_noscaler": torch.float16, "bf16": torch.bfloat16}[cfg.amp]
     scaler = torch.amp.GradScaler(dev.type, enabled=cfg.amp == "fp16")
     named = [(n, p) for n, p in model.named_parameters()] + [("head." + n, p) for n, p in head.named_parameters()]
     groups = sorted({param_group_name(n) for n, _ in named})
