@@ -3,11 +3,11 @@
 # Usage (device tool, repo root, carry: .data .whl):
 #   bash benchmarks/device_train.sh MINUTES RUN=CONFIG[,EXTRA_ARG...] ...
 #   e.g. bash benchmarks/device_train.sh 7.8 nested_s1=nested_4level,--seed,1 base_s1=resnetse34l_asp,--seed,1
-# .data/ holds a copy of ../shared/data/librispeech-snippets; .whl/ the soundfile/cffi/pycparser wheels.
+# DATA_DIR (default .data) holds a copy of ../shared/data/librispeech-snippets; .whl/ the soundfile/cffi/pycparser wheels.
 set -u
 MIN=$1; shift
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
-export PYTHONPATH=/tmp/site:$PWD NESTSPK_DATA=$PWD/.data PYTHONUNBUFFERED=1
+export PYTHONPATH=/tmp/site:$PWD NESTSPK_DATA=$PWD/${DATA_DIR:-.data} PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
 pids=(); names=()
 for spec in "$@"; do
