@@ -153,7 +153,9 @@ def one_thread():
 
 @pytest.fixture(scope="module")
 def session(tmp_path_factory) -> tuple[Path, list[dict]]:
-    if not (DATA / "librispeech-snippets").is_dir() or not (LISTS / "train.txt").is_file():
+    from conftest import training_lists_available
+
+    if not training_lists_available():
         pytest.skip("training data not available")
     tmp = tmp_path_factory.mktemp("ddp")
     torch.multiprocessing.start_processes(_rank_main, args=(_free_port(), str(tmp)), nprocs=WORLD, join=True,

@@ -56,7 +56,7 @@ def test_safe_aam_softmax_is_finite_at_cos_one_and_in_fp16():
     assert loss16.dtype == torch.float32 and torch.isfinite(loss16)
 
 
-def test_smoke_training_decreases_loss_without_nan(tmp_path, librispeech_files):
+def test_smoke_training_decreases_loss_without_nan(tmp_path, training_data):
     cfg = apply_overrides(load_config("smoke"), ["optim.epochs=3"])
     s = train(cfg, tmp_path / "run", device="cpu", progress=False)
     assert s["status"] == "finished" and s["epochs"] == 3 and s["nan_events"] == 0
@@ -71,7 +71,7 @@ def test_smoke_training_decreases_loss_without_nan(tmp_path, librispeech_files):
     assert s2["epochs"] == 4 and s2["steps"] == s["steps"] + cfg.optim.steps_per_epoch
 
 
-def test_sentinel_stops_and_saves_the_batch(tmp_path, librispeech_files, monkeypatch):
+def test_sentinel_stops_and_saves_the_batch(tmp_path, training_data, monkeypatch):
     monkeypatch.setenv("NESTSPK_DEBUG_NAN_STEP", "3")
     cfg = load_config("smoke")
     with pytest.raises(TrainingDiverged, match="non-finite"):

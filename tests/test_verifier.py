@@ -58,7 +58,8 @@ def test_embed_batch_equals_one_by_one(nested_verifier, librispeech_files):
 
 def test_long_audio_windows_and_streaming(nested_verifier, librispeech_files, tmp_path):
     x = np.concatenate([sf.read(f, dtype="float32")[0] for f in librispeech_files[:3]])
-    assert len(x) / 16000 > LONG_AUDIO_S
+    while len(x) / 16000 <= LONG_AUDIO_S + 5:  # short stand-in clips on machines without the corpora
+        x = np.concatenate([x, x[::-1]])
     path = tmp_path / "long.flac"
     sf.write(path, x, 16000)
     streamed = nested_verifier.embed(path)  # streamed from disk in windows
