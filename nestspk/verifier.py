@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 LONG_AUDIO_S = 20.0
 WINDOW_S = 10.0
 HOP_S = 5.0
+LONG_AUDIO_BATCH = 8  # windows per forward pass when streaming a long file (bounds peak memory)
 
 AudioInput = Any  # str | os.PathLike | np.ndarray | torch.Tensor
 
@@ -232,7 +233,7 @@ class Verifier:
                 buf: list[np.ndarray] = []
                 for w in iter_windows(audio, WINDOW_S, HOP_S):
                     buf.append(w)
-                    if len(buf) == batch_size:
+                    if len(buf) == min(batch_size, LONG_AUDIO_BATCH):
                         sums[i] += self._run(buf).sum(axis=0)
                         buf = []
                 if buf:
