@@ -42,7 +42,7 @@ MIN_DURATION_S: float = 0.5
 _MIN_SR = 1000
 _MAX_SR = 768000
 _MAX_CHANNELS = 8
-_SILENCE_PEAK = 1e-4
+SILENCE_PEAK = 1e-4
 # Float input may overshoot full scale a little (float WAVs, resampled audio); a larger peak
 # almost always means integer PCM stored as float, which is rejected.
 _FLOAT_PEAK_TOL = 1.0
@@ -190,8 +190,8 @@ def _check_duration(num_frames: int, sr: int, label: str) -> None:
 
 def _check_silence(x: np.ndarray, label: str) -> None:
     peak = float(np.max(np.abs(x)))
-    if peak < _SILENCE_PEAK:
-        raise AudioError(f"{label}: silent (peak {peak:.3g} < {_SILENCE_PEAK:g})")
+    if peak < SILENCE_PEAK:
+        raise AudioError(f"{label}: silent (peak {peak:.3g} < {SILENCE_PEAK:g})")
 
 
 # --------------------------------------------------------------------------- loading

@@ -20,9 +20,9 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from .audio import TARGET_SAMPLE_RATE, audio_info, iter_windows, load_audio
+from .audio import SILENCE_PEAK, TARGET_SAMPLE_RATE, audio_info, iter_windows, load_audio
 from .checkpoints import DEFAULT_MODEL
-from .errors import GalleryError, NestspkError
+from .errors import AudioError, GalleryError, NestspkError
 
 log = logging.getLogger(__name__)
 
@@ -186,9 +186,12 @@ class Verifier:
         return f"Verifier(model={self.model_name!r}, backend={self.backend!r}, device={self.device!r})"
 
     # -- embedding -----------------------------------------------------------------
-    def _is_long_file(self, audio: AudioInput) -> bool:
+    def _is_long_file(self, audio: AudioInput, sample_rate: int | None) -> bool:
         if isinstance(audio, (str, os.PathLike)):
             frames, sr, _ = audio_info(audio)
+            if sample_rate is not None and sample_rate != sr:
+                raise AudioError(f"{audio}: sample_rate={sample_rate} Hz given but the file is {sr} Hz "
+                                 "(pass sample_rate=None for files)")
             return frames / sr > LONG_AUDIO_S
         return False
 
@@ -229,15 +232,19 @@ class Verifier:
         sums = np.zeros((len(audios), self.embed_dim), dtype=np.float64)
         buckets: dict[int, list[tuple[int, np.ndarray]]] = defaultdict(list)
         for i, audio in enumerate(audios):
-            if self._is_long_file(audio):
+            if self._is_long_file(audio, sample_rate):
                 buf: list[np.ndarray] = []
+                peak = 0.0
                 for w in iter_windows(audio, WINDOW_S, HOP_S):
+                    peak = max(peak, float(np.abs(w).max()))
                     buf.append(w)
                     if len(buf) == min(batch_size, LONG_AUDIO_BATCH):
                         sums[i] += self._run(buf).sum(axis=0)
                         buf = []
                 if buf:
                     sums[i] += self._run(buf).sum(axis=0)
+                if peak < SILENCE_PEAK:
+                    raise AudioError(f"{audio}: silent (peak {peak:.3g} < {SILENCE_PEAK:g})")
                 continue
             for w in self._split_windows(load_audio(audio, sample_rate)):
                 buckets[len(w)].append((i, w))

@@ -65,6 +65,12 @@ def test_long_audio_windows_and_streaming(nested_verifier, librispeech_files, tm
     streamed = nested_verifier.embed(path)  # streamed from disk in windows
     in_memory = nested_verifier.embed(x)  # windows of the loaded array
     np.testing.assert_allclose(streamed, in_memory, atol=1e-4)
+    with pytest.raises(AudioError, match="file is 16000 Hz"):
+        nested_verifier.embed(path, sample_rate=8000)
+    silent = tmp_path / "silent_long.flac"
+    sf.write(silent, np.zeros(16000 * 30, np.float32), 16000)
+    with pytest.raises(AudioError, match="silent_long.flac: silent"):
+        nested_verifier.embed(silent)
 
 
 def test_bad_inputs_name_the_input(nested_verifier, tmp_path):
