@@ -4,7 +4,10 @@ One :class:`FrontendConfig` is the single source of truth for the feature
 parameters; it is stored in every model card and checkpoint.  The STFT is
 written as a strided ``conv1d`` with a fixed DFT basis, so the whole front end
 is plain tensor ops that export to ONNX (opset 18) and run on any execution
-provider.
+provider.  The basis keeps only what can reach the output: the ``win_length``
+taps where the window is non-zero and the frequency bins that some mel filter
+weights (bins 1..243 of 257 for the default config), which is the same
+arithmetic as the full 512-tap, 257-bin STFT with 26% fewer multiply-adds.
 """
 from __future__ import annotations
 
@@ -80,6 +83,28 @@ def dft_basis(cfg: FrontendConfig) -> torch.Tensor:
     return torch.cat([real, imag], dim=0).unsqueeze(1).float()
 
 
+def used_bins(cfg: FrontendConfig) -> tuple[int, int]:
+    """``(first, stop)``: the STFT bins with a non-zero weight in some mel filter are ``first..stop-1``."""
+    nonzero = (mel_filterbank(cfg) > 0).any(dim=1).nonzero().flatten()
+    if len(nonzero) == 0:
+        raise ValueError(f"mel filterbank is empty for {cfg}")
+    return int(nonzero[0]), int(nonzero[-1]) + 1
+
+
+def cropped_dft_basis(cfg: FrontendConfig) -> tuple[torch.Tensor, int]:
+    """:func:`dft_basis` restricted to the window's taps and to :func:`used_bins`.
+
+    Returns ``(basis, left)``: basis (2 * n_used, 1, win_length), real rows then
+    imaginary rows; ``left`` = index of the first kept tap within ``n_fft``.
+    """
+    first, stop = used_bins(cfg)
+    n_freqs = cfg.n_fft // 2 + 1
+    left = (cfg.n_fft - cfg.win_length) // 2
+    full = dft_basis(cfg)[:, :, left:left + cfg.win_length]
+    basis = torch.cat([full[first:stop], full[n_freqs + first:n_freqs + stop]], dim=0)
+    return basis.contiguous(), left
+
+
 class LogMelFrontend(nn.Module):
     """Waveform (B, T) float32 at 16 kHz -> normalised log-mel (B, n_mels, frames).
 
@@ -92,8 +117,12 @@ class LogMelFrontend(nn.Module):
     def __init__(self, cfg: FrontendConfig):
         super().__init__()
         self.cfg = cfg
-        self.register_buffer("basis", dft_basis(cfg), persistent=False)
-        self.register_buffer("fbank", mel_filterbank(cfg).t().contiguous(), persistent=False)
+        basis, self.left = cropped_dft_basis(cfg)
+        self.right = cfg.n_fft - cfg.win_length - self.left
+        first, stop = used_bins(cfg)
+        self.n_used = stop - first
+        self.register_buffer("basis", basis, persistent=False)
+        self.register_buffer("fbank", mel_filterbank(cfg)[first:stop].t().contiguous(), persistent=False)
 
     def log_mel(self, wav: torch.Tensor) -> torch.Tensor:
         """Un-normalised log-mel, (B, T) -> (B, n_mels, frames)."""
@@ -102,9 +131,10 @@ class LogMelFrontend(nn.Module):
         x = torch.cat([x[:, :1] * (1.0 - cfg.preemphasis), x[:, 1:] - cfg.preemphasis * x[:, :-1]], dim=1)
         pad = cfg.n_fft // 2
         x = F.pad(x.unsqueeze(1), (pad, pad), mode="reflect")
-        spec = F.conv1d(x, self.basis, stride=cfg.hop_length)  # (B, 2F, frames)
-        n_freqs = cfg.n_fft // 2 + 1
-        power = spec[:, :n_freqs] ** 2 + spec[:, n_freqs:] ** 2
+        # the window is zero outside [left, left + win_length) of each n_fft frame
+        x = x[..., self.left:x.shape[-1] - self.right]
+        spec = F.conv1d(x, self.basis, stride=cfg.hop_length)  # (B, 2 * n_used, frames)
+        power = spec[:, :self.n_used] ** 2 + spec[:, self.n_used:] ** 2
         mel = torch.matmul(self.fbank, power)  # (B, n_mels, frames)
         return torch.log(mel + cfg.log_eps)
 
