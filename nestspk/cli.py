@@ -27,6 +27,8 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backend", default="torch", choices=["torch", "onnx"])
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--score-norm", default=None, choices=["asnorm"], help="score normalisation")
+    p.add_argument("--precision", default="fp32", choices=["fp32", "int8"],
+                   help="int8: the quantised ONNX model (needs --backend onnx)")
 
 
 def _threshold(text: str) -> float | str:
@@ -39,7 +41,8 @@ def _threshold(text: str) -> float | str:
 def _verifier(a: argparse.Namespace, threshold: float | None = None):
     from .verifier import Verifier
 
-    return Verifier(a.model, device=a.device, backend=a.backend, threshold=threshold, score_norm=a.score_norm)
+    return Verifier(a.model, device=a.device, backend=a.backend, threshold=threshold, score_norm=a.score_norm,
+                    precision=a.precision)
 
 
 def _expand(inputs: list[str]) -> list[str]:

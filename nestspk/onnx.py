@@ -12,6 +12,7 @@ Command line (console script ``nestspk-export``)::
 
     nestspk-export --model nested -o weights/nested_4level.onnx --update-card
     nestspk-export --all        # both shipped models, cards updated with parity
+    nestspk-export --all --int8 # plus the int8 CPU variants, with parity and dev/test EER
 """
 from __future__ import annotations
 
@@ -52,6 +53,8 @@ MIN_SAMPLES = 1600
 """Shortest waveform (samples at 16 kHz, 0.1 s) the exported graph is declared and checked for."""
 MAX_SAMPLES = SAMPLE_RATE * 3600
 PARITY_COSINE_MIN = 0.9999
+INT8_COSINE_MIN = 0.98
+"""Minimum cosine(torch fp32, int8 onnx) on real clips accepted by ``nestspk-export --int8``."""
 """Minimum cosine(torch, onnx) accepted by :func:`export_onnx`'s self-check."""
 CHECK_SECONDS = (1.3, 4.0, 9.7)
 """Lengths (s) used to check dynamic axes; 1.3 s and 9.7 s give frame counts that are not multiples of 4."""
@@ -59,6 +62,11 @@ CHECK_BATCHES = (1, 3)
 # Example lengths (samples) tried by the dynamo exporter, in order. A "round" length
 # such as 32000 makes torch.export specialise the time axis to a multiple of 640.
 _EXAMPLE_SAMPLES = (48037, 33333, 57119)
+
+
+PRECISIONS = ("fp32", "int8")
+"""``fp32``: the exact export; ``int8``: the quantised CPU variant (:mod:`nestspk.quantize`)."""
+_CARD_KEYS = {"fp32": ("onnx_file", "onnx_sha256"), "int8": ("onnx_int8_file", "onnx_int8_sha256")}
 
 
 class OnnxBackendError(NestspkError, RuntimeError):
@@ -287,7 +295,9 @@ class OnnxEmbedder:
     sha256-checked against ``onnx_sha256`` before onnxruntime loads it.
     ``device``: "cpu" or "cuda" (CUDA execution provider required, else
     :class:`OnnxBackendError`). ``intra_op_threads``: onnxruntime intra-op threads
-    (None: onnxruntime's default).
+    (None: onnxruntime's default). ``precision``: "fp32" (``onnx_file``, matches torch
+    to ~1e-7) or "int8" (``onnx_int8_file``, quantised for CPU; its cosine to fp32 and
+    its EER are in the card's ``onnx_int8_parity`` / ``onnx_int8_metrics``).
     """
 
     def __init__(
@@ -295,11 +305,14 @@ class OnnxEmbedder:
         card_or_name: str | os.PathLike | dict = "nested_4level",
         device: str = "cpu",
         intra_op_threads: int | None = None,
+        precision: str = "fp32",
     ):
         import onnxruntime as ort
 
         if device not in ("cpu", "cuda"):
             raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
         if intra_op_threads is not None and int(intra_op_threads) < 1:
             raise ValueError(f"intra_op_threads must be >= 1 or None, got {intra_op_threads!r}")
         if isinstance(card_or_name, dict):
@@ -308,10 +321,12 @@ class OnnxEmbedder:
             card = card_or_name
         else:
             card = read_card(resolve_card(card_or_name))
-        if not card.get("onnx_file") or not card.get("onnx_sha256"):
-            raise WeightsError(f"{card['name']}: the model card names no ONNX export (onnx_file/onnx_sha256); "
-                               f"create one with: nestspk-export --model {card['name']} --update-card")
-        path = verified_path(card, "onnx_file", "onnx_sha256")
+        file_key, sha_key = _CARD_KEYS[precision]
+        if not card.get(file_key) or not card.get(sha_key):
+            flag = " --int8" if precision == "int8" else ""
+            raise WeightsError(f"{card['name']}: the model card names no {precision} ONNX export ({file_key}/{sha_key}); "
+                               f"create one with: nestspk-export --model {card['name']} --update-card{flag}")
+        path = verified_path(card, file_key, sha_key)
         so = ort.SessionOptions()
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if intra_op_threads is not None:
@@ -336,6 +351,7 @@ class OnnxEmbedder:
                                f"{[i.name for i in inputs]} -> {[o.name for o in outputs]}")
         self.card: dict[str, Any] = card
         self.device = device
+        self.precision = precision
         self.path = path
         self.session = session
         self.providers: list[str] = providers
@@ -361,7 +377,7 @@ class OnnxEmbedder:
         return self.session.run([OUTPUT_NAME], {INPUT_NAME: x})[0].astype(np.float32, copy=False)
 
     def __repr__(self) -> str:
-        return f"OnnxEmbedder({self.card['name']!r}, providers={self.providers})"
+        return f"OnnxEmbedder({self.card['name']!r}, precision={self.precision!r}, providers={self.providers})"
 
 
 # --------------------------------------------------------------------------- command line
@@ -413,8 +429,59 @@ def _export_one(name: str, out: Path | None, args: argparse.Namespace, update: b
             log.warning("no clips under %s; parity not measured (set --data or NESTSPK_DATA)", args.data)
     if update:
         _update_card(card_path, out, parity)
-    return {"model": card["name"], "onnx": str(out), "bytes": out.stat().st_size,
-            "sha256": sha256_file(out), "parity": parity}
+    result = {"model": card["name"], "onnx": str(out), "bytes": out.stat().st_size,
+              "sha256": sha256_file(out), "parity": parity}
+    if args.int8:
+        result["int8"] = _quantize_one(model, card, card_path, out, args, update)
+    return result
+
+
+def _int8_metrics(card: dict, int8_path: Path, data_root: Path) -> dict:
+    """EER/minDCF of the int8 file on the card's dev and test trial lists (those that exist)."""
+    import onnxruntime as ort
+
+    from .scoring import evaluate_trials
+
+    sess = ort.InferenceSession(str(int8_path), providers=["CPUExecutionProvider"])
+
+    def embed_fn(x: np.ndarray) -> np.ndarray:
+        return sess.run([OUTPUT_NAME], {INPUT_NAME: np.ascontiguousarray(x, dtype=np.float32)})[0]
+
+    metrics = {}
+    lists = Path(card["_dir"]) / "lists"
+    for split in ("dev", "test"):
+        trials = lists / f"{split}_trials.txt"
+        if not trials.is_file():
+            continue
+        r = evaluate_trials(card["name"], trials, root=data_root, embed_fn=embed_fn)
+        metrics[split] = {"eer": r["eer"], "min_dcf_0.01": r["min_dcf_0.01"], "min_dcf_0.05": r["min_dcf_0.05"],
+                          "trials": f"lists/{trials.name}"}
+    return metrics
+
+
+def _quantize_one(model, card: dict, card_path: Path, fp32_path: Path, args: argparse.Namespace, update: bool) -> dict:
+    from .quantize import calibration_crops, quantize_onnx
+
+    data_root = Path(args.data)
+    manifest = Path(args.calibration) if args.calibration else Path(card["_dir"]) / "lists" / "train.txt"
+    crops = calibration_crops(manifest, data_root, count=args.calibration_files, seconds=8.0, seed=0)
+    out = fp32_path.with_name(fp32_path.stem + ".int8.onnx")
+    quantize_onnx(fp32_path, out, crops)
+    parity = measure_parity(model, out, _parity_clips(data_root, args.clips))
+    if parity["cosine_min"] < INT8_COSINE_MIN:
+        raise NestspkError(f"{card['name']}: int8 embeddings too far from torch fp32 on real clips: {parity}")
+    metrics = _int8_metrics(card, out, data_root)
+    if update:
+        raw = json.loads(card_path.read_text())
+        raw["onnx_int8_file"] = os.path.relpath(out.resolve(), card_path.resolve().parent)
+        raw["onnx_int8_sha256"] = sha256_file(out)
+        raw["onnx_int8_parity"] = parity
+        raw["onnx_int8_metrics"] = metrics
+        raw["onnx_int8_calibration"] = {"manifest": os.path.relpath(manifest.resolve(), card_path.resolve().parent),
+                                        "files": args.calibration_files, "seconds": 8.0, "seed": 0}
+        card_path.write_text(json.dumps(raw, indent=1) + "\n")
+    return {"onnx": str(out), "bytes": out.stat().st_size, "sha256": sha256_file(out), "parity": parity,
+            "metrics": metrics}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -430,6 +497,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--data", default=str(_default_data_root()), help="data root holding librispeech-snippets/ for parity")
     p.add_argument("--clips", type=int, default=8, help="number of real clips for the parity measurement")
     p.add_argument("--no-parity", action="store_true", help="skip the parity measurement on real clips")
+    p.add_argument("--int8", action="store_true",
+                   help="also write <name>.int8.onnx (static int8, calibrated on real speech) and measure its "
+                        "parity and dev/test EER (with --update-card / --all: stored in the card)")
+    p.add_argument("--calibration", default=None, help="speaker-path manifest for int8 calibration "
+                                                       "(default: <card dir>/lists/train.txt)")
+    p.add_argument("--calibration-files", type=int, default=48, help="files (one 8 s crop each) for int8 calibration")
     p.add_argument("-v", "--verbose", action="store_true")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")

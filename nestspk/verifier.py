@@ -121,7 +121,21 @@ def _resolve_device(device: str, backend: str) -> str:
         return "cuda" if torch.cuda.is_available() else "cpu"
     import onnxruntime as ort
 
-    return "cuda" if "CUDAExecutionProvider" in ort.get_available_providers() else "cpu"
+    # onnxruntime-gpu lists CUDAExecutionProvider even on machines without a GPU: also require the driver.
+    return "cuda" if "CUDAExecutionProvider" in ort.get_available_providers() and _cuda_driver_present() else "cpu"
+
+
+def _cuda_driver_present() -> bool:
+    """True when the NVIDIA driver library loads (a GPU machine)."""
+    import ctypes
+
+    for name in ("libcuda.so.1", "nvcuda.dll"):
+        try:
+            ctypes.CDLL(name)
+            return True
+        except OSError:
+            continue
+    return False
 
 
 class Verifier:
@@ -137,23 +151,39 @@ class Verifier:
             (false-accept rate 1% / 0.1%).
         score_norm: ``None`` or ``"asnorm"`` (adaptive s-norm with the cohort shipped next to the weights).
         intra_op_threads: onnxruntime intra-op threads (onnx backend only).
+        precision: ``"fp32"`` (default, exact) or ``"int8"``: the quantised ONNX file for CPU (onnx backend only;
+            about 1.5x faster on 2 CPU threads; its cosine to fp32 and EER are in the card's ``onnx_int8_*`` keys).
     """
 
     def __init__(self, model: str | os.PathLike = "nested", device: str = "auto", backend: str = "torch",
                  threshold: float | str | None = None, score_norm: str | None = None,
-                 intra_op_threads: int | None = None):
+                 intra_op_threads: int | None = None, precision: str = "fp32"):
         if backend not in ("torch", "onnx"):
             raise ValueError(f"backend must be 'torch' or 'onnx', got {backend!r}")
+        if precision not in ("fp32", "int8"):
+            raise ValueError(f"precision must be 'fp32' or 'int8', got {precision!r}")
+        if precision == "int8" and backend != "onnx":
+            raise ValueError("precision='int8' needs backend='onnx' (the int8 model is an ONNX Runtime file)")
         if score_norm not in (None, "asnorm"):
             raise ValueError(f"score_norm must be None or 'asnorm', got {score_norm!r}")
         self.backend = backend
+        self.precision = precision
         self.device = _resolve_device(device, backend)
         if backend == "torch":
             self._runtime = TorchEmbedder(model, self.device)
         else:
-            from .onnx import OnnxEmbedder
+            from .onnx import OnnxBackendError, OnnxEmbedder
 
-            self._runtime = OnnxEmbedder(model, device=self.device, intra_op_threads=intra_op_threads)
+            try:
+                self._runtime = OnnxEmbedder(model, device=self.device, intra_op_threads=intra_op_threads,
+                                             precision=precision)
+            except OnnxBackendError as e:
+                if device != "auto":
+                    raise
+                log.warning("onnxruntime cannot use CUDA here (%s); running on CPU", str(e)[:200])
+                self.device = "cpu"
+                self._runtime = OnnxEmbedder(model, device="cpu", intra_op_threads=intra_op_threads,
+                                             precision=precision)
         self.card: dict = self._runtime.card
         self.model_name: str = self.card["name"]
         self.embed_dim: int = int(self.card["embed_dim"])
@@ -183,7 +213,8 @@ class Verifier:
         return float(threshold)
 
     def __repr__(self) -> str:
-        return f"Verifier(model={self.model_name!r}, backend={self.backend!r}, device={self.device!r})"
+        extra = f", precision={self.precision!r}" if self.precision != "fp32" else ""
+        return f"Verifier(model={self.model_name!r}, backend={self.backend!r}, device={self.device!r}{extra})"
 
     # -- embedding -----------------------------------------------------------------
     def _is_long_file(self, audio: AudioInput, sample_rate: int | None) -> bool:

@@ -221,3 +221,24 @@ def test_cli_error_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["--model", "no_such_model", "--no-parity"]) == 1
     err = capsys.readouterr().err.strip()
     assert err.startswith("nestspk-export: error:") and "\n" not in err and "no_such_model" in err
+
+
+def test_auto_device_uses_cpu_when_cuda_cannot_run(monkeypatch: pytest.MonkeyPatch, caplog) -> None:
+    """onnxruntime-gpu lists CUDAExecutionProvider on GPU-less machines; device='auto' must still work."""
+    import nestspk.verifier as verifier_mod
+    from nestspk.verifier import Verifier
+
+    if verifier_mod._cuda_driver_present():
+        pytest.skip("a GPU machine: auto may pick CUDA")
+    assert Verifier(backend="onnx").device == "cpu"
+    # driver present but the CUDA EP cannot load (e.g. cuDNN missing): warn and run on CPU
+    monkeypatch.setattr(verifier_mod, "_cuda_driver_present", lambda: True)
+    import onnxruntime as ort
+
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    with caplog.at_level(logging.WARNING, logger="nestspk.verifier"):
+        v = Verifier(backend="onnx")
+    assert v.device == "cpu" and v._runtime.providers == ["CPUExecutionProvider"]
+    assert "running on CPU" in caplog.text
+    with pytest.raises(OnnxBackendError):
+        Verifier(backend="onnx", device="cuda")
