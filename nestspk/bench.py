@@ -96,6 +96,7 @@ class BenchConfig:
     cudnn_benchmark: bool = True
     onnx_dir: str | None = None
     opset: int = 18
+    rounds: int = 0  # > 0: paired mode, models interleaved in this many rounds per workload (run_paired)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -559,6 +560,116 @@ def run_benchmark(cfg: BenchConfig, on_row: Callable[[dict], None] | None = None
     return rows
 
 
+def run_paired(cfg: BenchConfig, on_row: Callable[[dict], None] | None = None) -> list[dict]:
+    """Like :func:`run_benchmark`, but every model is timed in the same time window.
+
+    Per workload (backend, mode, threads, duration, batch) all models' runners are built first;
+    then ``cfg.rounds`` rounds each run a block of ``ceil(repeats / rounds)`` calls per model,
+    the model order reversed every other round. Host drift (other tenants, clock changes) then
+    hits every model alike, so ``nest/base`` ratios are comparable even where absolute numbers
+    drift. Rows also carry ``round_p50_ms`` (one median per round).
+    """
+    dev = torch.device(cfg.device)
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise RuntimeError("--device cuda but torch.cuda.is_available() is False")
+        torch.backends.cudnn.benchmark = cfg.cudnn_benchmark
+    from .models import count_parameters
+
+    models: dict[str, tuple[nn.Module, nn.Module, str, int]] = {}
+    flops: dict[tuple[str, float], int | None] = {}
+    for name in cfg.models:
+        cpu_model, weights = load_bench_model(name, cfg.weights)
+        model = copy.deepcopy(cpu_model).to(dev) if dev.type == "cuda" else cpu_model
+        models[name] = (cpu_model, model, weights, count_parameters(cpu_model))
+        for d in cfg.durations:
+            flops[(name, d)] = count_flops(model.embed, random_audio(1, d, cfg.sample_rate, 0, cfg.device))
+    block = max(1, math.ceil(cfg.repeats / cfg.rounds))
+    rows: list[dict] = []
+    onnx_tmp = tempfile.TemporaryDirectory(prefix="nestspk-bench-") if "onnx" in cfg.backends and not cfg.onnx_dir else None
+    onnx_dir = Path(cfg.onnx_dir or (onnx_tmp.name if onnx_tmp else "."))
+    onnx_paths: dict[str, Path] = {}
+
+    workloads: list[tuple[str, str, int | None]] = []
+    if "torch" in cfg.backends:
+        thread_list = (cfg.torch_threads or (torch.get_num_threads(),)) if dev.type == "cpu" else (None,)
+        workloads += [("torch", canonical_mode(m), t) for m in cfg.modes for t in thread_list]
+    if "onnx" in cfg.backends:
+        workloads += [("onnx", p, t) for p in cfg.ort_precisions for t in cfg.ort_threads]
+    default_threads = torch.get_num_threads()
+    seed = cfg.seed
+    for backend, mode, threads in workloads:
+        for duration in cfg.durations:
+            for batch in cfg.batches:
+                seed += 1
+                wavs = [random_audio(batch, duration, cfg.sample_rate, seed * 7919 + k, cfg.device) for k in range(4)]
+                built: dict[str, tuple[dict, Callable | None, Runner | None]] = {}
+                if backend == "torch" and threads is not None:
+                    torch.set_num_threads(threads)
+                try:
+                    for name, (cpu_model, model, weights, params) in models.items():
+                        row = _row_base(name, weights, backend, mode, cfg.device, threads, duration, batch, params)
+                        row.update(gflops_per_utt=(flops[(name, duration)] or 0) / 1e9 or None, rounds=cfg.rounds,
+                                   note="paired")
+                        fn, runner = None, None
+                        try:
+                            if backend == "torch":
+                                runner = make_torch_runner(model, mode, wavs[0], cfg.warmup, cfg.compile_timeout_s)
+                                fn, row["setup_s"] = runner.fn, runner.setup_s
+                                out = fn(wavs[0]).detach().float().clone()
+                            else:
+                                if mode == "int8":
+                                    path, err = _shipped_int8(weights)
+                                    if err:
+                                        raise RuntimeError(err)
+                                else:
+                                    if name not in onnx_paths:
+                                        onnx_paths[name] = export_onnx_file(cpu_model, onnx_dir / f"{name}_{weights}.onnx",
+                                                                            cfg.opset)
+                                    path = onnx_paths[name]
+                                sess = make_ort_session(path, threads, cfg.device)
+                                in_name = sess.get_inputs()[0].name
+                                fn = (lambda w, sess=sess, in_name=in_name:
+                                      sess.run(None, {in_name: w.detach().cpu().numpy()})[0])
+                                out = torch.from_numpy(fn(wavs[0]))
+                            _sync(dev)
+                            with torch.inference_mode():
+                                ref = model.embed(wavs[0])
+                            row["max_cos_err"] = cosine_error(out.to(ref.device), ref)
+                            row["exact"] = row["max_cos_err"] <= cfg.exact_tol
+                            for i in range(cfg.warmup):
+                                fn(wavs[i % len(wavs)])
+                            _sync(dev)
+                        except Exception as e:  # noqa: BLE001 - becomes an error row
+                            row["error"] = f"{type(e).__name__}: {str(e).strip().splitlines()[0][:300] if str(e).strip() else ''}"
+                            fn = None
+                        built[name] = (row, fn, runner)
+                    times: dict[str, list[float]] = {n: [] for n in built}
+                    live = [n for n, (_, fn, _) in built.items() if fn is not None]
+                    for r in range(cfg.rounds):
+                        for name in (live if r % 2 == 0 else live[::-1]):
+                            t = time_torch(built[name][1], [wavs[i % len(wavs)] for i in range(block)], warmup=2)
+                            times[name] += t
+                            built[name][0].setdefault("round_p50_ms", []).append(float(np.median(t)))
+                    for name, (row, fn, _) in built.items():
+                        if fn is not None:
+                            _finish(row, times[name])
+                        rows.append(row)
+                        if on_row:
+                            on_row(row)
+                finally:
+                    torch.set_num_threads(default_threads)
+                    for _, _, runner in built.values():
+                        if runner is not None:
+                            runner.cleanup()
+                    if dev.type == "cuda":
+                        torch.cuda.synchronize(dev)
+                        torch.cuda.empty_cache()
+    if onnx_tmp is not None:
+        onnx_tmp.cleanup()
+    return rows
+
+
 def _torch_row(row: dict, model: nn.Module, mode: str, cfg: BenchConfig, seed: int) -> dict:
     dev = torch.device(cfg.device)
     runner = None
@@ -1004,6 +1115,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--torch-threads", default=None,
                    help="CPU torch intra-op threads to sweep, e.g. 1,all (default: torch.get_num_threads())")
     p.add_argument("--repeats", type=int, default=50)
+    p.add_argument("--paired", type=int, default=0, metavar="ROUNDS",
+                   help="time the models interleaved, in ROUNDS alternating blocks per workload (robust "
+                        "nested/baseline ratios on a noisy host); 0 = one model after the other")
     p.add_argument("--warmup", type=int, default=10)
     p.add_argument("--compile-timeout", type=float, default=300.0, help="seconds per torch.compile row")
     p.add_argument("--weights", default="trained", choices=("trained", "random"))
@@ -1033,6 +1147,8 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
         DEFAULT_CUDA_MODES if dev.type == "cuda" else DEFAULT_CPU_MODES)
     for m in modes:
         parse_mode(m)
+    if args.paired < 0:
+        raise ValueError("--paired must be >= 0")
     if args.repeats < 1:
         raise ValueError("--repeats must be >= 1")
     return BenchConfig(
@@ -1041,7 +1157,8 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
         durations=_floats(args.durations), batches=_ints(args.batch), modes=modes,
         ort_threads=_threads(args.ort_threads), ort_precisions=_precisions(args.ort_precision),
         torch_threads=_threads(args.torch_threads) if args.torch_threads else (), repeats=args.repeats, warmup=args.warmup,
-        compile_timeout_s=args.compile_timeout, weights=args.weights, seed=args.seed, onnx_dir=args.onnx_dir)
+        compile_timeout_s=args.compile_timeout, weights=args.weights, seed=args.seed, onnx_dir=args.onnx_dir,
+        rounds=args.paired)
 
 
 def write_outputs(doc: dict, args: argparse.Namespace) -> None:
@@ -1074,7 +1191,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 _write_json(build_document(list(rows_so_far), env, cfg.to_dict()), args.json)
 
         rows_so_far: list[dict] = []
-        rows = run_benchmark(cfg, on_row=lambda r: (rows_so_far.append(r), save(r)))
+        run = run_paired if cfg.rounds > 0 else run_benchmark
+        rows = run(cfg, on_row=lambda r: (rows_so_far.append(r), save(r)))
         env["loadavg_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
         doc = build_document(rows, env, cfg.to_dict())
     write_outputs(doc, args)

@@ -201,3 +201,41 @@ def test_table_and_markdown_render_errors_and_ratios() -> None:
     assert "ERROR TimeoutError" in table and "0.500" in table
     md = bench.format_markdown(doc)
     assert "| nested |" in md and "## Targets" in md and "PASS" in md
+
+
+def test_cpu_target_lines_per_precision() -> None:
+    rows = [
+        _row("nested", 16.0, device="cpu", backend="onnx", threads=2),
+        _row("resnetse34l", 20.0, device="cpu", backend="onnx", threads=2),
+        _row("nested", 11.0, device="cpu", backend="onnx", mode="int8", threads=2, cos_err=2e-3),
+        _row("resnetse34l", 12.0, device="cpu", backend="onnx", mode="int8", threads=2, cos_err=1e-3),
+    ]
+    bench.add_ratios(rows)
+    t = _lines(bench.evaluate_targets(rows))
+    fp32 = t["CPU ONNX 2 threads 8 s nested p50 <= 15 ms (fp32)"]
+    int8 = t["CPU ONNX 2 threads 8 s nested p50 <= 15 ms (int8)"]
+    assert not fp32.passed and "exact" in fp32.detail
+    assert int8.passed and "cos err 2.0e-03" in int8.detail
+    assert t["nested <= baseline latency (cpu, onnx int8, 2 threads)"].passed
+    assert bench.format_table(rows)  # int8 sorts after the torch modes without error
+
+
+def test_paired_run_interleaves_models(tmp_path: Path) -> None:
+    args = ["--device", "cpu", "--backend", "torch", "--durations", "0.5", "--batch", "1", "--repeats", "4",
+            "--warmup", "1", "--weights", "random", "--paired", "2", "--json", str(tmp_path / "p.json"), "-q"]
+    assert bench.main(args) == 0
+    doc = json.loads((tmp_path / "p.json").read_text())
+    rows = doc["rows"]
+    assert {r["model"] for r in rows} == {"nested", "resnetse34l"} and doc["config"]["rounds"] == 2
+    for r in rows:
+        assert not r["error"], r["error"]
+        assert len(r["round_p50_ms"]) == 2 and r["repeats"] == 4 and r["p50_ms"] > 0
+    nested = next(r for r in rows if r["model"] == "nested")
+    assert nested["ratio_vs_baseline"] is not None
+
+
+def test_int8_rows_need_trained_weights() -> None:
+    path, err = bench._shipped_int8("random")
+    assert path is None and "trained" in err
+    path, err = bench._shipped_int8("nested_4level")
+    assert err is None and path.name == "nested_4level.int8.onnx"
