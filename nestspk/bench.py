@@ -1149,6 +1149,9 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
         parse_mode(m)
     if args.paired < 0:
         raise ValueError("--paired must be >= 0")
+    if args.paired and any("compile" in parse_mode(m) for m in modes):
+        raise ValueError("--paired does not time compile modes (compiling the second model resets the first's "
+                         "dynamo caches); run them without --paired")
     if args.repeats < 1:
         raise ValueError("--repeats must be >= 1")
     return BenchConfig(
