@@ -567,7 +567,9 @@ def run_paired(cfg: BenchConfig, on_row: Callable[[dict], None] | None = None) -
     then ``cfg.rounds`` rounds each run a block of ``ceil(repeats / rounds)`` calls per model,
     the model order reversed every other round. Host drift (other tenants, clock changes) then
     hits every model alike, so ``nest/base`` ratios are comparable even where absolute numbers
-    drift. Rows also carry ``round_p50_ms`` (one median per round).
+    drift. Rows also carry ``round_p50_ms`` (one median per round). ``peak_mb`` is taken while
+    building and warming up each model's runner (on CUDA it includes every loaded model's weights,
+    a few MB).
     """
     dev = torch.device(cfg.device)
     if dev.type == "cuda":
@@ -613,36 +615,10 @@ def run_paired(cfg: BenchConfig, on_row: Callable[[dict], None] | None = None) -
                                    note="paired")
                         fn, runner = None, None
                         try:
-                            if backend == "torch":
-                                runner = make_torch_runner(model, mode, wavs[0], cfg.warmup, cfg.compile_timeout_s)
-                                fn, row["setup_s"] = runner.fn, runner.setup_s
-                                out = fn(wavs[0]).detach().float().clone()
-                            else:
-                                if mode == "int8":
-                                    path, err = _shipped_int8(weights)
-                                    if err:
-                                        raise RuntimeError(err)
-                                else:
-                                    if name not in onnx_paths:
-                                        onnx_paths[name] = export_onnx_file(cpu_model, onnx_dir / f"{name}_{weights}.onnx",
-                                                                            cfg.opset)
-                                    path = onnx_paths[name]
-                                sess = make_ort_session(path, threads, cfg.device)
-                                in_name = sess.get_inputs()[0].name
-                                fn = (lambda w, sess=sess, in_name=in_name:
-                                      sess.run(None, {in_name: w.detach().cpu().numpy()})[0])
-                                out = torch.from_numpy(fn(wavs[0]))
-                            _sync(dev)
-                            with torch.inference_mode():
-                                ref = model.embed(wavs[0])
-                            row["max_cos_err"] = cosine_error(out.to(ref.device), ref)
-                            row["exact"] = row["max_cos_err"] <= cfg.exact_tol
-                            for i in range(cfg.warmup):
-                                fn(wavs[i % len(wavs)])
-                            _sync(dev)
+                            fn, runner = _paired_runner(row, backend, mode, threads, cpu_model, model, weights,
+                                                        wavs, cfg, onnx_paths, onnx_dir)
                         except Exception as e:  # noqa: BLE001 - becomes an error row
                             row["error"] = f"{type(e).__name__}: {str(e).strip().splitlines()[0][:300] if str(e).strip() else ''}"
-                            fn = None
                         built[name] = (row, fn, runner)
                     times: dict[str, list[float]] = {n: [] for n in built}
                     live = [n for n, (_, fn, _) in built.items() if fn is not None]
@@ -668,6 +644,50 @@ def run_paired(cfg: BenchConfig, on_row: Callable[[dict], None] | None = None) -
     if onnx_tmp is not None:
         onnx_tmp.cleanup()
     return rows
+
+
+def _paired_runner(row: dict, backend: str, mode: str, threads: int | None, cpu_model: nn.Module,
+                   model: nn.Module, weights: str, wavs: list[torch.Tensor], cfg: BenchConfig,
+                   onnx_paths: dict[str, Path], onnx_dir: Path) -> tuple[Callable, Runner | None]:
+    """Build and warm up one model's timed callable for :func:`run_paired`; fills cos err and peak memory."""
+    dev = torch.device(cfg.device)
+    runner = None
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+        torch.cuda.reset_peak_memory_stats(dev)
+    mem = CpuPeakMemory() if dev.type == "cpu" else contextlib.nullcontext()
+    with mem:
+        if backend == "torch":
+            runner = make_torch_runner(model, mode, wavs[0], cfg.warmup, cfg.compile_timeout_s)
+            fn, row["setup_s"] = runner.fn, runner.setup_s
+            out = fn(wavs[0]).detach().float().clone()
+        else:
+            if mode == "int8":
+                path, err = _shipped_int8(weights)
+                if err:
+                    raise RuntimeError(err)
+            else:
+                if row["model"] not in onnx_paths:
+                    onnx_paths[row["model"]] = export_onnx_file(cpu_model, onnx_dir / f"{row['model']}_{weights}.onnx",
+                                                                cfg.opset)
+                path = onnx_paths[row["model"]]
+            sess = make_ort_session(path, threads, cfg.device)
+            in_name = sess.get_inputs()[0].name
+
+            def fn(w: torch.Tensor) -> np.ndarray:
+                return sess.run(None, {in_name: w.detach().cpu().numpy()})[0]
+
+            out = torch.from_numpy(fn(wavs[0]))
+        _sync(dev)
+        with torch.inference_mode():
+            ref = model.embed(wavs[0])
+        row["max_cos_err"] = cosine_error(out.to(ref.device), ref)
+        row["exact"] = row["max_cos_err"] <= cfg.exact_tol
+        for i in range(cfg.warmup):
+            fn(wavs[i % len(wavs)])
+        _sync(dev)
+    row["peak_mb"] = torch.cuda.max_memory_allocated(dev) / 2**20 if dev.type == "cuda" else mem.peak_mb
+    return fn, runner
 
 
 def _torch_row(row: dict, model: nn.Module, mode: str, cfg: BenchConfig, seed: int) -> dict:
