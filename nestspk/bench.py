@@ -655,6 +655,16 @@ def _paired_runner(row: dict, backend: str, mode: str, threads: int | None, cpu_
     if dev.type == "cuda":
         torch.cuda.synchronize(dev)
         torch.cuda.reset_peak_memory_stats(dev)
+    if backend == "onnx":  # export (or find) the file outside the memory measurement
+        if mode == "int8":
+            path, err = _shipped_int8(weights)
+            if err:
+                raise RuntimeError(err)
+        else:
+            if row["model"] not in onnx_paths:
+                onnx_paths[row["model"]] = export_onnx_file(cpu_model, onnx_dir / f"{row['model']}_{weights}.onnx",
+                                                            cfg.opset)
+            path = onnx_paths[row["model"]]
     mem = CpuPeakMemory() if dev.type == "cpu" else contextlib.nullcontext()
     with mem:
         if backend == "torch":
@@ -662,15 +672,6 @@ def _paired_runner(row: dict, backend: str, mode: str, threads: int | None, cpu_
             fn, row["setup_s"] = runner.fn, runner.setup_s
             out = fn(wavs[0]).detach().float().clone()
         else:
-            if mode == "int8":
-                path, err = _shipped_int8(weights)
-                if err:
-                    raise RuntimeError(err)
-            else:
-                if row["model"] not in onnx_paths:
-                    onnx_paths[row["model"]] = export_onnx_file(cpu_model, onnx_dir / f"{row['model']}_{weights}.onnx",
-                                                                cfg.opset)
-                path = onnx_paths[row["model"]]
             sess = make_ort_session(path, threads, cfg.device)
             in_name = sess.get_inputs()[0].name
 
