@@ -126,6 +126,9 @@ def canonical_mode(mode: str) -> str:
 
 
 def _git_commit() -> str | None:
+    """$NESTSPK_GIT_COMMIT if set (a copied working tree's .git may be stale), else ``git rev-parse HEAD``."""
+    if os.environ.get("NESTSPK_GIT_COMMIT"):
+        return os.environ["NESTSPK_GIT_COMMIT"]
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10,
                              cwd=Path(__file__).resolve().parent)
