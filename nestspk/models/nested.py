@@ -73,14 +73,23 @@ class NestedProjection(nn.Module):
             nn.Dropout2d(cfg.dropout),
         )
 
-    def forward(self, earlier: list[torch.Tensor], like: torch.Tensor) -> torch.Tensor:
+    def forward(self, earlier: list[torch.Tensor], like: torch.Tensor,
+                cache: dict[tuple[int, int, int], torch.Tensor] | None = None) -> torch.Tensor:
+        """``cache`` (optional) maps (source level, rh, rw) to an already pooled tensor; levels
+        with the same grid (level 4 has stride 1) then pool each earlier output only once."""
         aligned = []
-        for feat, (rh, rw) in zip(earlier, self.ratios):
+        for j, (feat, (rh, rw)) in enumerate(zip(earlier, self.ratios)):
             if self.align == "interpolate":
                 feat = F.interpolate(feat, size=like.shape[2:], mode="bilinear", align_corners=False)
             elif rh != 1 or rw != 1:
-                # == F.adaptive_avg_pool2d(feat, like.shape[2:]) for integer ratios
-                feat = F.avg_pool2d(feat, kernel_size=(rh, rw))
+                key = (j, rh, rw)
+                if cache is not None and key in cache:
+                    feat = cache[key]
+                else:
+                    # == F.adaptive_avg_pool2d(feat, like.shape[2:]) for integer ratios
+                    feat = F.avg_pool2d(feat, kernel_size=(rh, rw))
+                    if cache is not None:
+                        cache[key] = feat
             aligned.append(feat)
         return self.proj(torch.cat(aligned, dim=1))
 
@@ -157,11 +166,17 @@ class NestedSpeakerNet(nn.Module):
         frames = feats.shape[-1] - feats.shape[-1] % self.time_stride
         x = self.stem(feats[..., :frames].unsqueeze(1))
         outs: list[torch.Tensor] = []
+        pooled: dict[tuple[int, int, int], torch.Tensor] = {}
         for i, level in enumerate(self.levels):
             x = level(x)
             key = str(i + 1)
             if key in self.nested:
-                prev = self.nested[key](outs, x)
+                prev = self.nested[key](outs, x, pooled)
+                if not self.training:
+                    # Under autocast GroupNorm runs in fp32; without this cast the sum (and every later
+                    # level, pooling and concat) is promoted to fp32. No-op in fp32. Training keeps the
+                    # promotion so the recorded fp16 runs stay reproducible.
+                    prev = prev.to(x.dtype)
                 x = x + self.nested_weight(i + 1) * prev
                 if self.record_telemetry:
                     self.telemetry[f"nested_rms/level{i + 1}"] = prev.detach().float().pow(2).mean().sqrt().item()
