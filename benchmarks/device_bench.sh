@@ -38,7 +38,7 @@ step() {  # step NAME MAX_S ARGS...: run one sweep with a timeout of min(MAX_S, 
 step cuda_b1 170 --device cuda --backend torch --durations 2,4,8,20 --batch 1 --repeats 100 --paired 5 \
   --modes fp32,channels_last,bf16,fp16,cuda_graph,cuda_graph+bf16,cuda_graph+fp16
 # 2. throughput: 4 s, batches 16/64/256 (batch 1 is in step 1) for the modes that can be fastest there
-step cuda_batch 110 --device cuda --backend torch --durations 4 --batch 16,64,256 --repeats 50 \
+step cuda_batch 130 --device cuda --backend torch --durations 4 --batch 16,64,256 --repeats 100 --paired 5 \
   --modes fp16,channels_last+fp16,cuda_graph,cuda_graph+bf16,cuda_graph+fp16
 # 3. CPU of this host: torch eager (all threads) and ONNX Runtime fp32 + shipped int8 with 1, 2 and all threads
 step cpu 120 --device cpu --backend all --durations 4,8 --batch 1 --repeats 50 --paired 5 --ort-threads 1,2,all \
