@@ -834,12 +834,27 @@ def _pair_key(row: dict) -> tuple:
 
 
 def add_ratios(rows: list[dict], baseline: str = BASELINE) -> list[dict]:
-    """Set ``ratio_vs_baseline = p50 / baseline p50`` on every non-baseline row with a matching baseline row."""
-    base = {_pair_key(r): r["p50_ms"] for r in rows if r["model"] == baseline and not r.get("error") and r.get("p50_ms")}
+    """Set ``ratio_vs_baseline`` on every non-baseline row with a matching baseline row.
+
+    Plain runs: ``p50 / baseline p50``. Paired runs (both rows carry ``round_p50_ms`` of the same
+    length, see :func:`run_paired`): the median over rounds of ``round p50 / baseline round p50``,
+    which compares the models within each round, so a host slowdown that hits only some rounds
+    shifts one ratio, not the estimate. ``ratio_pooled_p50`` keeps ``p50 / baseline p50`` there.
+    """
+    base = {_pair_key(r): r for r in rows if r["model"] == baseline and not r.get("error") and r.get("p50_ms")}
     for r in rows:
         b = base.get(_pair_key(r))
-        r["ratio_vs_baseline"] = (r["p50_ms"] / b) if (r["model"] != baseline and b and r.get("p50_ms")
-                                                        and not r.get("error")) else None
+        ok = r["model"] != baseline and b is not None and r.get("p50_ms") and not r.get("error")
+        r["ratio_vs_baseline"] = None
+        if not ok:
+            continue
+        pooled = r["p50_ms"] / b["p50_ms"]
+        mine, theirs = r.get("round_p50_ms"), b.get("round_p50_ms")
+        if mine and theirs and len(mine) == len(theirs) and all(x > 0 for x in theirs):
+            r["ratio_vs_baseline"] = float(np.median([m / t for m, t in zip(mine, theirs)]))
+            r["ratio_pooled_p50"] = pooled
+        else:
+            r["ratio_vs_baseline"] = pooled
     return rows
 
 
@@ -1031,7 +1046,8 @@ def format_markdown(doc: dict) -> str:
                    f"load average {_fmt_load(e.get('loadavg'))} at start / {_fmt_load(e.get('loadavg_end'))} at end")
     out += ["", "Latency in ms per call (waveform in, normalised embedding out, front end included); "
             "RTF = p50 / (batch x duration); cos err = max (1 - cos) vs fp32 eager; "
-            "nest/base = nested p50 / baseline p50 for the same backend, mode, threads, duration and batch.", ""]
+            "nest/base = nested p50 / baseline p50 for the same backend, mode, threads, duration and batch "
+            "(rows timed with --paired: the median over rounds of the per-round p50 ratio).", ""]
     out.append("| " + " | ".join(TABLE_COLUMNS) + " |")
     out.append("|" + "|".join("---" if i < 3 else "---:" for i in range(len(TABLE_COLUMNS))) + "|")
     for line in table_rows(rows):

@@ -239,3 +239,17 @@ def test_int8_rows_need_trained_weights() -> None:
     assert path is None and "trained" in err
     path, err = bench._shipped_int8("nested_4level")
     assert err is None and path.name == "nested_4level.int8.onnx"
+
+
+def test_paired_ratio_is_the_median_of_round_ratios() -> None:
+    n = _row("nested", 6.0)
+    b = _row("resnetse34l", 5.0)
+    # the host was slow for the baseline's blocks in one round and for nested's in two others
+    n["round_p50_ms"] = [4.0, 7.0, 7.0, 4.0, 4.0]
+    b["round_p50_ms"] = [4.4, 7.6, 4.5, 8.0, 4.5]
+    bench.add_ratios([n, b])
+    assert n["ratio_vs_baseline"] == pytest.approx(sorted([4 / 4.4, 7 / 7.6, 7 / 4.5, 4 / 8.0, 4 / 4.5])[2])
+    assert n["ratio_pooled_p50"] == pytest.approx(6.0 / 5.0)
+    plain_n, plain_b = _row("nested", 6.0), _row("resnetse34l", 5.0)
+    bench.add_ratios([plain_n, plain_b])
+    assert plain_n["ratio_vs_baseline"] == pytest.approx(1.2) and "ratio_pooled_p50" not in plain_n
