@@ -43,3 +43,26 @@ def test_instance_norm_and_shapes():
 def test_config_round_trip():
     cfg = FrontendConfig(n_mels=40)
     assert FrontendConfig.from_dict(cfg.to_dict()) == cfg
+
+
+@pytest.mark.parametrize("f_max", [7600.0, 8000.0, 4000.0])
+def test_cropped_dft_equals_full_stft(f_max: float) -> None:
+    """The front end keeps only the window's taps and the mel-weighted bins; the log-mel must not change."""
+    import torch.nn.functional as F
+
+    from nestspk.features import FrontendConfig, LogMelFrontend, dft_basis, mel_filterbank, used_bins
+
+    cfg = FrontendConfig(f_max=f_max)
+    first, stop = used_bins(cfg)
+    fb = mel_filterbank(cfg)
+    assert (fb[:first] == 0).all() and (fb[stop:] == 0).all() and (fb[first:stop].sum(dim=1) > 0).any()
+    fe = LogMelFrontend(cfg)
+    assert fe.basis.shape == (2 * (stop - first), 1, cfg.win_length)
+    x = torch.randn(2, 16000 + 37, generator=torch.Generator().manual_seed(0)) * 0.1
+    y = torch.cat([x[:, :1] * (1 - cfg.preemphasis), x[:, 1:] - cfg.preemphasis * x[:, :-1]], dim=1)
+    spec = F.conv1d(F.pad(y.unsqueeze(1), (256, 256), mode="reflect"), dft_basis(cfg), stride=cfg.hop_length)
+    n = cfg.n_fft // 2 + 1
+    full = torch.log(torch.matmul(fb.t(), spec[:, :n] ** 2 + spec[:, n:] ** 2) + cfg.log_eps)
+    got = fe.log_mel(x)
+    assert got.shape == full.shape
+    assert (got - full).abs().max() < 1e-5
