@@ -466,8 +466,12 @@ def _quantize_one(model, card: dict, card_path: Path, fp32_path: Path, args: arg
     manifest = Path(args.calibration) if args.calibration else Path(card["_dir"]) / "lists" / "train.txt"
     crops = calibration_crops(manifest, data_root, count=args.calibration_files, seconds=8.0, seed=0)
     out = fp32_path.with_name(fp32_path.stem + ".int8.onnx")
+    clips = _parity_clips(data_root, args.clips)
+    if not clips:
+        raise NestspkError(f"int8 export needs real clips to measure parity; none under {data_root} "
+                           "(set --data or NESTSPK_DATA)")
     quantize_onnx(fp32_path, out, crops)
-    parity = measure_parity(model, out, _parity_clips(data_root, args.clips))
+    parity = measure_parity(model, out, clips)
     if parity["cosine_min"] < INT8_COSINE_MIN:
         raise NestspkError(f"{card['name']}: int8 embeddings too far from torch fp32 on real clips: {parity}")
     metrics = _int8_metrics(card, out, data_root)
