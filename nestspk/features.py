@@ -91,13 +91,13 @@ def used_bins(cfg: FrontendConfig) -> tuple[int, int]:
     return int(nonzero[0]), int(nonzero[-1]) + 1
 
 
-def cropped_dft_basis(cfg: FrontendConfig) -> tuple[torch.Tensor, int]:
-    """:func:`dft_basis` restricted to the window's taps and to :func:`used_bins`.
+def cropped_dft_basis(cfg: FrontendConfig, bins: tuple[int, int] | None = None) -> tuple[torch.Tensor, int]:
+    """:func:`dft_basis` restricted to the window's taps and to ``bins`` (default :func:`used_bins`).
 
     Returns ``(basis, left)``: basis (2 * n_used, 1, win_length), real rows then
     imaginary rows; ``left`` = index of the first kept tap within ``n_fft``.
     """
-    first, stop = used_bins(cfg)
+    first, stop = bins or used_bins(cfg)
     n_freqs = cfg.n_fft // 2 + 1
     left = (cfg.n_fft - cfg.win_length) // 2
     full = dft_basis(cfg)[:, :, left:left + cfg.win_length]
@@ -117,9 +117,9 @@ class LogMelFrontend(nn.Module):
     def __init__(self, cfg: FrontendConfig):
         super().__init__()
         self.cfg = cfg
-        basis, self.left = cropped_dft_basis(cfg)
-        self.right = cfg.n_fft - cfg.win_length - self.left
         first, stop = used_bins(cfg)
+        basis, self.left = cropped_dft_basis(cfg, (first, stop))
+        self.right = cfg.n_fft - cfg.win_length - self.left
         self.n_used = stop - first
         self.register_buffer("basis", basis, persistent=False)
         self.register_buffer("fbank", mel_filterbank(cfg)[first:stop].t().contiguous(), persistent=False)
