@@ -98,6 +98,7 @@ def test_export_has_dynamic_batch_and_time(tmp_path: Path) -> None:
     proto = onnx.load(str(path))
     meta = {p.key: p.value for p in proto.metadata_props}
     log.info("tiny model exported with the %s exporter", meta.get("nestspk.exporter"))
+    assert meta["nestspk.frontend_dft"] == "factored"
     (inp,), (outp,) = proto.graph.input, proto.graph.output
     assert (inp.name, outp.name) == (INPUT_NAME, OUTPUT_NAME)
     dims = inp.type.tensor_type.shape.dim
@@ -125,6 +126,10 @@ def test_shipped_onnx_matches_card_sha256(name: str) -> None:
     assert sha256_file(path) == card["onnx_sha256"]
     parity = card.get("onnx_parity")
     assert parity and parity["cosine_min"] >= 0.9999, parity
+    import onnx
+
+    meta = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
+    assert meta.get("nestspk.frontend_dft") == "factored", meta  # the faster front end is what ships
 
 
 def test_tampered_onnx_is_rejected(tmp_path: Path) -> None:
