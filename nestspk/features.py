@@ -2,7 +2,7 @@
 
 One :class:`FrontendConfig` is the single source of truth for the feature
 parameters; it is stored in every model card and checkpoint.  The STFT is
-written as a strided ``conv1d`` with a fixed DFT basis, so the whole front end
+written as a matmul of the frames with a fixed DFT basis, so the whole front end
 is plain tensor ops that export to ONNX (opset 18) and run on any execution
 provider.  The basis keeps only what can reach the output: the ``win_length``
 taps where the window is non-zero and the frequency bins that some mel filter
@@ -162,8 +162,9 @@ class LogMelFrontend(nn.Module):
     mel filterbank, ``log(mel + log_eps)``, per-utterance mean/variance
     normalisation over time for each mel bin (instance norm).
 
-    ``dft``: "direct" (one strided conv1d with the cropped DFT basis) or "factored"
-    (:func:`factored_dft_weights`; same spectrum up to float32 rounding).
+    ``dft``: "direct" (frames times the cropped DFT basis, one matmul) or "factored"
+    (:func:`factored_dft_weights`, for ONNX export; same spectrum up to float32 rounding;
+    its first stage is a convolution, so on CUDA it follows cuDNN's TF32 setting).
     """
 
     def __init__(self, cfg: FrontendConfig, dft: str = "direct"):
@@ -177,8 +178,9 @@ class LogMelFrontend(nn.Module):
         self.right = cfg.n_fft - cfg.win_length - self.left
         self.n_used = stop - first
         if dft == "direct":
-            self.register_buffer("basis", basis, persistent=False)
-            self.register_buffer("fbank", mel_filterbank(cfg)[first:stop].t().contiguous(), persistent=False)
+            # (win_length, 2 * n_used) and (n_used, n_mels): the frames are multiplied from the left
+            self.register_buffer("basis", basis[:, 0].t().contiguous(), persistent=False)
+            self.register_buffer("fbank", mel_filterbank(cfg)[first:stop].contiguous(), persistent=False)
         else:
             stage1, stage2, fbank = factored_dft_weights(cfg, (first, stop))
             self.register_buffer("stage1", stage1, persistent=False)
@@ -202,24 +204,35 @@ class LogMelFrontend(nn.Module):
         return y[:, 0] ** 2 + y[:, 1] ** 2
 
     def log_mel(self, wav: torch.Tensor) -> torch.Tensor:
-        """Un-normalised log-mel, (B, T) -> (B, n_mels, frames)."""
+        """Un-normalised log-mel, (B, T) -> (B, n_mels, frames).
+
+        Always float32, also inside ``torch.autocast`` (in fp16 the power of a loud frame
+        overflows). The "direct" DFT is a matmul, so on CUDA it follows
+        ``torch.backends.cuda.matmul.allow_tf32`` (default off: full fp32) rather than cuDNN's
+        TF32 default for convolutions, whose 10-bit mantissa shifts the log of quiet mel bins
+        by up to ~0.5.
+        """
         cfg = self.cfg
-        x = wav.float()
-        x = torch.cat([x[:, :1] * (1.0 - cfg.preemphasis), x[:, 1:] - cfg.preemphasis * x[:, :-1]], dim=1)
-        pad = cfg.n_fft // 2
-        x = F.pad(x.unsqueeze(1), (pad, pad), mode="reflect")
-        # the window is zero outside [left, left + win_length) of each n_fft frame
-        x = x[..., self.left:x.shape[-1] - self.right]
-        if self.dft == "factored":
-            power = self._power_factored(x)
-        else:
-            spec = F.conv1d(x, self.basis, stride=cfg.hop_length)  # (B, 2 * n_used, frames)
-            power = spec[:, :self.n_used] ** 2 + spec[:, self.n_used:] ** 2
-        mel = torch.matmul(self.fbank, power)  # (B, n_mels, frames)
-        return torch.log(mel + cfg.log_eps)
+        with torch.autocast(device_type=wav.device.type, enabled=False):
+            x = wav.float()
+            x = torch.cat([x[:, :1] * (1.0 - cfg.preemphasis), x[:, 1:] - cfg.preemphasis * x[:, :-1]], dim=1)
+            pad = cfg.n_fft // 2
+            x = F.pad(x.unsqueeze(1), (pad, pad), mode="reflect")
+            # the window is zero outside [left, left + win_length) of each n_fft frame
+            x = x[..., self.left:x.shape[-1] - self.right]
+            if self.dft == "factored":
+                mel = torch.matmul(self.fbank, self._power_factored(x))  # (B, n_mels, frames)
+            else:
+                frames = x[:, 0].unfold(-1, cfg.win_length, cfg.hop_length)  # (B, frames, win_length)
+                spec = torch.matmul(frames, self.basis)  # (B, frames, 2 * n_used)
+                power = spec[..., :self.n_used] ** 2 + spec[..., self.n_used:] ** 2
+                mel = torch.matmul(power, self.fbank).transpose(1, 2)  # (B, n_mels, frames)
+            return torch.log(mel + cfg.log_eps)
 
     def forward(self, wav: torch.Tensor) -> torch.Tensor:
-        feats = self.log_mel(wav)
-        mean = feats.mean(dim=-1, keepdim=True)
-        var = ((feats - mean) ** 2).mean(dim=-1, keepdim=True)
-        return (feats - mean) / torch.sqrt(var + self.cfg.norm_eps)
+        with torch.autocast(device_type=wav.device.type, enabled=False):
+            feats = self.log_mel(wav)
+            mean = feats.mean(dim=-1, keepdim=True)
+            var = ((feats - mean) ** 2).mean(dim=-1, keepdim=True)
+            return (feats - mean) / torch.sqrt(var + self.cfg.norm_eps)
+
