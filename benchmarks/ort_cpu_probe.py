@@ -3,11 +3,14 @@
     python benchmarks/ort_cpu_probe.py profile weights/nested_4level.onnx        # kernel time per op type / node
     python benchmarks/ort_cpu_probe.py variants weights/nested_4level.onnx       # session/graph variants, interleaved
     python benchmarks/ort_cpu_probe.py stft                                      # onnxruntime's STFT op as front end
+    python benchmarks/ort_cpu_probe.py compare A.onnx B.onnx [...]               # whole files, interleaved
 
 ``--threads`` (default 2) sets intra-op threads. ``variants`` times, in 7 interleaved rounds
 of 30 calls: the file as is, with denormals-as-zero, without the NCHWc layout transformer,
 and with the squeeze-excitation ReduceMean rewritten as GlobalAveragePool
 (:func:`nestspk.quantize.rewrite_se_means`); it prints min and median of the round medians.
+``compare`` times whole ONNX files the same way (7 interleaved rounds of 20 calls) and prints each
+file's median and the median over rounds of each file's p50 divided by the first file's.
 """
 from __future__ import annotations
 
@@ -147,17 +150,41 @@ def stft(threads: int) -> None:
             print(f"{name:26s} p50 {np.median(t):6.2f} ms")
 
 
+def compare(paths: list[str], threads: int) -> None:
+    sessions = [_session(p, threads) for p in paths]
+    x = _audio()
+    outs = [s.run(None, {s.get_inputs()[0].name: x})[0] for s in sessions]
+    medians: list[list[float]] = [[] for _ in paths]
+    for _ in range(7):
+        for i, sess in enumerate(sessions):
+            feed = {sess.get_inputs()[0].name: x}
+            for _ in range(3):
+                sess.run(None, feed)
+            t = []
+            for _ in range(20):
+                t0 = time.perf_counter()
+                sess.run(None, feed)
+                t.append((time.perf_counter() - t0) * 1e3)
+            medians[i].append(float(np.median(t)))
+    for path, out, m in zip(paths, outs, medians):
+        ratio = np.median(np.array(m) / np.array(medians[0]))
+        print(f"{path}: p50 median {np.median(m):6.2f} ms (rounds {min(m):.2f}-{max(m):.2f}); "
+              f"/ first file {ratio:.3f}; max |out - first| {np.abs(out - outs[0]).max():.1e}")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("what", choices=("profile", "variants", "stft"))
-    p.add_argument("onnx", nargs="?", default="weights/nested_4level.onnx")
+    p.add_argument("what", choices=("profile", "variants", "stft", "compare"))
+    p.add_argument("onnx", nargs="*", default=["weights/nested_4level.onnx"])
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--top", type=int, default=12)
     a = p.parse_args()
     if a.what == "profile":
-        profile(a.onnx, a.threads, a.top)
+        profile(a.onnx[0], a.threads, a.top)
     elif a.what == "variants":
-        variants(a.onnx, a.threads)
+        variants(a.onnx[0], a.threads)
+    elif a.what == "compare":
+        compare(a.onnx, a.threads)
     else:
         stft(a.threads)
 
