@@ -91,26 +91,7 @@ class NestedProjection(nn.Module):
                     if cache is not None:
                         cache[key] = feat
             aligned.append(feat)
-        h = torch.cat(aligned, dim=1)
-        conv, norm = self.proj[0], self.proj[1]
-        if not self.training and isinstance(norm, nn.GroupNorm) and torch.is_autocast_enabled(h.device.type):
-            # Autocast runs GroupNorm in fp32: a cast of its input to fp32 and, after it, one back.
-            # At inference run it in the autocast dtype instead (CUDA's kernel accumulates the
-            # statistics in fp32 either way; it needs parameters of the input's dtype).
-            h = conv(h)
-            weight = None if norm.weight is None else norm.weight.to(h.dtype)
-            bias = None if norm.bias is None else norm.bias.to(h.dtype)
-            with torch.autocast(h.device.type, enabled=False):
-                h = F.group_norm(h, norm.num_groups, weight, bias, norm.eps)
-            return self.proj[3](self.proj[2](h))
-        return self.proj(h)
-
-
-def _memory_format(x: torch.Tensor) -> torch.memory_format:
-    """channels_last if ``x`` is stored that way (and not also plain contiguous), else contiguous."""
-    if x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
-        return torch.channels_last
-    return torch.contiguous_format
+        return self.proj(torch.cat(aligned, dim=1))
 
 
 class NestedSpeakerNet(nn.Module):
@@ -191,17 +172,12 @@ class NestedSpeakerNet(nn.Module):
             key = str(i + 1)
             if key in self.nested:
                 prev = self.nested[key](outs, x, pooled)
-                weight = self.nested_weight(i + 1)
-                if self.training:
-                    x = x + weight * prev
-                else:
-                    # Inference: the nested input in x's dtype and memory layout, and the weighted sum as
-                    # one kernel. Without the cast an fp32 GroupNorm output would promote the sum (and
-                    # every later level) to fp32 under autocast, and mixed NCHW / channels-last operands
-                    # take a slow strided kernel. No-op casts in fp32. Training keeps the promotion so
-                    # the recorded fp16 runs stay reproducible.
-                    prev = prev.to(dtype=x.dtype, memory_format=_memory_format(x))
-                    x = torch.addcmul(x, prev, weight) if torch.is_tensor(weight) else x.add(prev, alpha=weight)
+                if not self.training:
+                    # Under autocast GroupNorm runs in fp32; without this cast the sum (and every later
+                    # level, pooling and concat) is promoted to fp32. No-op in fp32. Training keeps the
+                    # promotion so the recorded fp16 runs stay reproducible.
+                    prev = prev.to(x.dtype)
+                x = x + self.nested_weight(i + 1) * prev
                 if self.record_telemetry:
                     self.telemetry[f"nested_rms/level{i + 1}"] = prev.detach().float().pow(2).mean().sqrt().item()
             if self.record_telemetry:
