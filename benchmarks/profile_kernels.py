@@ -22,6 +22,8 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=256)
     p.add_argument("--iters", type=int, default=10)
     p.add_argument("--top", type=int, default=25)
+    p.add_argument("--by-op", action="store_true",
+                   help="instead: GPU time per torch op and input shapes (self CUDA time, per call), full names")
     a = p.parse_args()
     torch.backends.cudnn.benchmark = True
     model, _ = load_bench_model(a.model)
@@ -31,12 +33,22 @@ def main() -> None:
     for _ in range(10):
         runner.fn(wav)
     torch.cuda.synchronize()
-    with profile(activities=[ProfilerActivity.CUDA, ProfilerActivity.CPU]) as prof:
+    with profile(activities=[ProfilerActivity.CUDA, ProfilerActivity.CPU], record_shapes=a.by_op) as prof:
         for _ in range(a.iters):
             runner.fn(wav)
         torch.cuda.synchronize()
     print(f"== {a.model} {a.mode} {a.duration:g} s batch {a.batch}, {a.iters} calls")
-    print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=a.top, max_name_column_width=70))
+    if not a.by_op:
+        print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=a.top, max_name_column_width=70))
+        return
+    rows = [e for e in prof.key_averages(group_by_input_shape=True)
+            if e.self_device_time_total > 0 and not e.key.startswith(("void ", "sm", "cudnn", "Memcpy", "Memset"))]
+    rows.sort(key=lambda e: -e.self_device_time_total)
+    total = sum(e.self_device_time_total for e in rows)
+    print(f"GPU time under torch ops: {total / a.iters / 1e3:.3f} ms per call")
+    for e in rows[:a.top]:
+        print(f"{e.self_device_time_total / a.iters / 1e3:7.3f} ms {e.count // a.iters:4d}x  {e.key:28s} "
+              f"{str(e.input_shapes)[:150]}")
 
 
 if __name__ == "__main__":
