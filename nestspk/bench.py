@@ -462,7 +462,7 @@ def make_ort_session(path: Path, threads: int, device: str):
     if device.startswith("cuda"):
         if "CUDAExecutionProvider" not in ort.get_available_providers():
             raise RuntimeError("onnxruntime has no CUDAExecutionProvider here (CPU build?)")
-        providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+        providers = [("CUDAExecutionProvider", {"use_tf32": "0"}), "CPUExecutionProvider"]  # as OnnxEmbedder
     else:
         providers = ["CPUExecutionProvider"]
     return ort.InferenceSession(str(path), so, providers=providers)

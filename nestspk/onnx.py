@@ -343,7 +343,10 @@ class OnnxEmbedder:
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if intra_op_threads is not None:
             so.intra_op_num_threads = int(intra_op_threads)
-        want = ["CUDAExecutionProvider", "CPUExecutionProvider"] if device == "cuda" else ["CPUExecutionProvider"]
+        # use_tf32=0: the graph's front end is a convolution; TF32 (10-bit mantissa) would move the log of quiet
+        # mel bands by tenths, as cuDNN's TF32 default did in torch (benchmarks/results/frontend_precision_cuda.md)
+        want: list = ([("CUDAExecutionProvider", {"use_tf32": "0"}), "CPUExecutionProvider"] if device == "cuda"
+                      else ["CPUExecutionProvider"])
         available = ort.get_available_providers()
         try:
             session = ort.InferenceSession(str(path), sess_options=so, providers=want)

@@ -167,6 +167,24 @@ def test_cuda_request_without_cuda_is_a_clear_error() -> None:
         assert emb.providers[0] == "CUDAExecutionProvider"
 
 
+def test_cuda_session_asks_for_full_fp32(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The CUDA EP gets use_tf32=0: the graph's front end is a convolution, and TF32 distorts quiet mel bands."""
+    import onnxruntime as ort
+
+    _shipped_card("nested_4level")
+    seen = {}
+    real = ort.InferenceSession
+
+    def recording(path, sess_options=None, providers=None, **kw):
+        seen["providers"] = providers
+        return real(path, sess_options=sess_options, providers=["CPUExecutionProvider"])
+
+    monkeypatch.setattr(ort, "InferenceSession", recording)
+    with pytest.raises(OnnxBackendError):  # the recorded session runs on CPU, which the embedder rejects
+        OnnxEmbedder("nested_4level", device="cuda")
+    assert seen["providers"][0] == ("CUDAExecutionProvider", {"use_tf32": "0"})
+
+
 def test_silent_cpu_fallback_is_detected(monkeypatch: pytest.MonkeyPatch) -> None:
     """onnxruntime may fall back to CPU without raising; the embedder must notice."""
     import onnxruntime as ort
