@@ -118,6 +118,29 @@ def test_export_has_dynamic_batch_and_time(tmp_path: Path) -> None:
             assert c >= 0.9999, f"T={wav.shape}: cosine {c:.8f}, max abs diff {d:.3g}"
 
 
+def test_export_with_direct_front_end(tmp_path: Path) -> None:
+    """--frontend-dft direct (the matmul form torch uses) exports too and matches torch."""
+    import onnx
+    import onnxruntime as ort
+    import torch
+
+    from nestspk.models import build_model
+    from nestspk.onnx import export_onnx
+
+    torch.manual_seed(0)
+    model = build_model("nested", {"channels": [8, 16, 16, 32], "blocks": [1, 1, 1, 1],
+                                   "fusion_dim": 32, "embed_dim": 64}).eval()
+    path = export_onnx(model, tmp_path / "direct.onnx", check=False, frontend_dft="direct")
+    meta = {p.key: p.value for p in onnx.load(str(path)).metadata_props}
+    assert meta["nestspk.frontend_dft"] == "direct"
+    wav = (0.1 * np.random.default_rng(1).standard_normal((2, int(2.3 * SR)))).astype(np.float32)
+    out = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run([OUTPUT_NAME], {INPUT_NAME: wav})[0]
+    with torch.inference_mode():
+        ref = model.embed(torch.from_numpy(wav)).numpy()
+    c, d = _cos_and_diff(ref, out)
+    assert c >= 0.9999, (c, d)
+
+
 @pytest.mark.parametrize("name", SHIPPED)
 def test_shipped_onnx_matches_card_sha256(name: str) -> None:
     card = _shipped_card(name)
