@@ -43,6 +43,24 @@ def _audio() -> np.ndarray:
     return (np.random.default_rng(0).standard_normal((1, SAMPLES)) * 0.1).astype(np.float32)
 
 
+def _interleaved_p50(sessions: dict[str, ort.InferenceSession], x: np.ndarray, warmup: int, calls: int,
+                     rounds: int = 7) -> dict[str, list[float]]:
+    """Per session, the p50 (ms) of ``calls`` timed runs in each of ``rounds`` rounds, sessions interleaved."""
+    medians: dict[str, list[float]] = {k: [] for k in sessions}
+    for _ in range(rounds):
+        for name, sess in sessions.items():
+            feed = {sess.get_inputs()[0].name: x}
+            for _ in range(warmup):
+                sess.run(None, feed)
+            t = []
+            for _ in range(calls):
+                t0 = time.perf_counter()
+                sess.run(None, feed)
+                t.append((time.perf_counter() - t0) * 1e3)
+            medians[name].append(float(np.median(t)))
+    return medians
+
+
 def profile(path: str, threads: int, top: int) -> None:
     sess = _session(path, threads, profile=True)
     x = {sess.get_inputs()[0].name: _audio()}
@@ -84,23 +102,11 @@ def variants(path: str, threads: int) -> None:
     }
     os.remove(gap_path)
     x = _audio()
-    ref = None
-    medians: dict[str, list[float]] = {k: [] for k in sessions}
-    for r in range(7):
-        for name, sess in sessions.items():
-            feed = {sess.get_inputs()[0].name: x}
-            out = sess.run(None, feed)[0]
-            if ref is None:
-                ref = out
-            assert np.abs(out - ref).max() < 1e-4, name
-            for _ in range(5):
-                sess.run(None, feed)
-            t = []
-            for _ in range(30):
-                t0 = time.perf_counter()
-                sess.run(None, feed)
-                t.append((time.perf_counter() - t0) * 1e3)
-            medians[name].append(float(np.median(t)))
+    outs = {name: sess.run(None, {sess.get_inputs()[0].name: x})[0] for name, sess in sessions.items()}
+    ref = outs["as is"]
+    for name, out in outs.items():
+        assert np.abs(out - ref).max() < 1e-4, name
+    medians = _interleaved_p50(sessions, x, warmup=5, calls=30)
     for name, m in medians.items():
         print(f"{name:30s} p50 min {min(m):6.2f} ms  median {np.median(m):6.2f} ms")
 
@@ -151,21 +157,10 @@ def stft(threads: int) -> None:
 
 
 def compare(paths: list[str], threads: int) -> None:
-    sessions = [_session(p, threads) for p in paths]
+    sessions = {p: _session(p, threads) for p in paths}
     x = _audio()
-    outs = [s.run(None, {s.get_inputs()[0].name: x})[0] for s in sessions]
-    medians: list[list[float]] = [[] for _ in paths]
-    for _ in range(7):
-        for i, sess in enumerate(sessions):
-            feed = {sess.get_inputs()[0].name: x}
-            for _ in range(3):
-                sess.run(None, feed)
-            t = []
-            for _ in range(20):
-                t0 = time.perf_counter()
-                sess.run(None, feed)
-                t.append((time.perf_counter() - t0) * 1e3)
-            medians[i].append(float(np.median(t)))
+    outs = [s.run(None, {s.get_inputs()[0].name: x})[0] for s in sessions.values()]
+    medians = list(_interleaved_p50(sessions, x, warmup=3, calls=20).values())
     for path, out, m in zip(paths, outs, medians):
         ratio = np.median(np.array(m) / np.array(medians[0]))
         print(f"{path}: p50 median {np.median(m):6.2f} ms (rounds {min(m):.2f}-{max(m):.2f}); "

@@ -230,9 +230,7 @@ class LogMelFrontend(nn.Module):
             return torch.log(mel + cfg.log_eps)
 
     def forward(self, wav: torch.Tensor) -> torch.Tensor:
-        with torch.autocast(device_type=wav.device.type, enabled=False):
-            feats = self.log_mel(wav)
-            mean = feats.mean(dim=-1, keepdim=True)
-            var = ((feats - mean) ** 2).mean(dim=-1, keepdim=True)
-            return (feats - mean) / torch.sqrt(var + self.cfg.norm_eps)
-
+        feats = self.log_mel(wav)  # float32; mean/sub/sqrt/div are not autocast ops, so they stay float32
+        mean = feats.mean(dim=-1, keepdim=True)
+        var = ((feats - mean) ** 2).mean(dim=-1, keepdim=True)
+        return (feats - mean) / torch.sqrt(var + self.cfg.norm_eps)
