@@ -173,6 +173,10 @@ def environment(device: str) -> dict[str, Any]:
         env["cudnn"] = torch.backends.cudnn.version()
         env["cudnn_allow_tf32"] = torch.backends.cudnn.allow_tf32
         env["matmul_allow_tf32"] = torch.backends.cuda.matmul.allow_tf32
+        from .models import fused
+
+        env["fused_nested_kernel"] = bool(fused.ENABLED and fused.triton is not None)
+        env["triton"] = getattr(fused.triton, "__version__", None)
     else:
         env["device_name"] = env["cpu"]
     return env
@@ -1043,7 +1047,9 @@ def format_markdown(doc: dict) -> str:
         out.append(f"- device: {e.get('device')} ({e.get('device_name')}), torch {e.get('torch')}, "
                    f"onnxruntime {e.get('onnxruntime')}, {e.get('cpu_count')} CPUs ({e.get('cpu')}), "
                    f"torch threads {e.get('torch_threads')}, git {str(e.get('git_commit'))[:12]}, "
-                   f"load average {_fmt_load(e.get('loadavg'))} at start / {_fmt_load(e.get('loadavg_end'))} at end")
+                   f"load average {_fmt_load(e.get('loadavg'))} at start / {_fmt_load(e.get('loadavg_end'))} at end"
+                   + (f", fused nested kernel {'on' if e['fused_nested_kernel'] else 'off'}"
+                      if "fused_nested_kernel" in e else ""))
     out += ["", "Latency in ms per call (waveform in, normalised embedding out, front end included); "
             "RTF = p50 / (batch x duration); cos err = max (1 - cos) vs fp32 eager; "
             "nest/base = nested p50 / baseline p50 for the same backend, mode, threads, duration and batch "

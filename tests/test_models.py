@@ -65,7 +65,8 @@ def test_nested_gradients_reach_every_level():
 
 
 def test_pooled_feature_cache_is_exact_and_used(monkeypatch):
-    """Levels 3 and 4 share one grid: each earlier level is pooled once, with bit-identical output."""
+    """Levels 3 and 4 share one grid: each earlier level is pooled once, and level 1's 4x4 pool starts
+    from its cached 2x2 pool; same output as pooling every input from scratch."""
     from nestspk.models import nested as nested_mod
 
     torch.manual_seed(0)
@@ -82,14 +83,29 @@ def test_pooled_feature_cache_is_exact_and_used(monkeypatch):
     with torch.no_grad():
         cached = net(feats)
     n_cached = len(calls)
-    original = nested_mod.NestedProjection.forward
-    monkeypatch.setattr(nested_mod.NestedProjection, "forward",
+    cached_kernels = list(calls)
+    original = nested_mod.NestedProjection.aligned
+    monkeypatch.setattr(nested_mod.NestedProjection, "aligned",
                         lambda self, earlier, like, cache=None: original(self, earlier, like, None))
     calls.clear()
     with torch.no_grad():
         uncached = net(feats)
-    assert torch.equal(cached, uncached)
+    torch.testing.assert_close(cached, uncached, rtol=1e-5, atol=1e-5)
     assert n_cached < len(calls)  # level 4 reused level 3's pooled inputs
+    assert cached_kernels == [(2, 2), (2, 2), (2, 2)]  # L1 -> L2 grid, L1 (2x2 cached) -> L3 grid, L2 -> L3
+    assert (4, 4) in calls
+
+
+def test_chained_pool_equals_adaptive_pool_for_odd_sizes():
+    from nestspk.models.nested import _pool_from_cache
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 43, 37, dtype=torch.float64)
+    cache: dict = {}
+    _pool_from_cache(x, 0, 2, 2, cache)
+    chained = _pool_from_cache(x, 0, 4, 4, cache)
+    torch.testing.assert_close(chained, F.adaptive_avg_pool2d(x[..., :40, :36], (10, 9)))
+    torch.testing.assert_close(chained, F.avg_pool2d(x, (4, 4)))
 
 
 def test_residual_keeps_autocast_dtype_at_inference():
@@ -103,9 +119,9 @@ def test_residual_keeps_autocast_dtype_at_inference():
         seen["level4_in"] = inputs[0].dtype
 
     net.levels[3].register_forward_hook(hook)
-    # CUDA autocast runs GroupNorm in fp32; CPU autocast does not, so make the projection return fp32 here
+    # CUDA autocast runs GroupNorm in fp32; CPU autocast does not, so make the norm return fp32 here
     for proj in net.nested.values():
-        proj.register_forward_hook(lambda module, inputs, output: output.float())
+        proj.proj[1].register_forward_hook(lambda module, inputs, output: output.float())
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         net(torch.randn(1, 80, 120))
     assert seen["level4_in"] == torch.bfloat16

@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import fused
 from .pooling import make_pooling
 from .resnet_se import SEBasicBlock
 
@@ -73,25 +74,49 @@ class NestedProjection(nn.Module):
             nn.Dropout2d(cfg.dropout),
         )
 
-    def forward(self, earlier: list[torch.Tensor], like: torch.Tensor,
+    def aligned(self, earlier: list[torch.Tensor], like: torch.Tensor,
                 cache: dict[tuple[int, int, int], torch.Tensor] | None = None) -> torch.Tensor:
-        """``cache`` (optional) maps (source level, rh, rw) to an already pooled tensor; levels
-        with the same grid (level 4 has stride 1) then pool each earlier output only once."""
+        """Earlier levels pooled to ``like``'s (H, W) grid and concatenated on channels.
+
+        ``cache`` (optional) maps (source level, rh, rw) to an already pooled tensor: levels with
+        the same grid (level 4 has stride 1) pool each earlier output only once, and a coarser
+        pool starts from a cached finer one (mean of 2x2 means of a 2x2-pooled map == the 4x4 mean;
+        floor sizes agree too), which reads 4x less of level 1's large map.
+        """
         aligned = []
         for j, (feat, (rh, rw)) in enumerate(zip(earlier, self.ratios)):
             if self.align == "interpolate":
                 feat = F.interpolate(feat, size=like.shape[2:], mode="bilinear", align_corners=False)
             elif rh != 1 or rw != 1:
-                key = (j, rh, rw)
-                if cache is not None and key in cache:
-                    feat = cache[key]
-                else:
-                    # == F.adaptive_avg_pool2d(feat, like.shape[2:]) for integer ratios
-                    feat = F.avg_pool2d(feat, kernel_size=(rh, rw))
-                    if cache is not None:
-                        cache[key] = feat
+                feat = _pool_from_cache(feat, j, rh, rw, cache)
             aligned.append(feat)
-        return self.proj(torch.cat(aligned, dim=1))
+        return torch.cat(aligned, dim=1)
+
+    def forward(self, earlier: list[torch.Tensor], like: torch.Tensor,
+                cache: dict[tuple[int, int, int], torch.Tensor] | None = None) -> torch.Tensor:
+        return self.proj(self.aligned(earlier, like, cache))
+
+    def after_conv(self, y: torch.Tensor) -> torch.Tensor:
+        """The layers after the 1x1 conv (norm -> ReLU -> Dropout2d) applied to its output ``y``."""
+        for layer in list(self.proj)[1:]:
+            y = layer(y)
+        return y
+
+
+def _pool_from_cache(feat: torch.Tensor, source: int, rh: int, rw: int,
+                     cache: dict[tuple[int, int, int], torch.Tensor] | None) -> torch.Tensor:
+    """``F.adaptive_avg_pool2d(feat, (H // rh, W // rw))`` for integer ratios, reusing ``cache``."""
+    if cache is None:
+        return F.avg_pool2d(feat, kernel_size=(rh, rw))
+    key = (source, rh, rw)
+    if key not in cache:
+        finer = [(ah, aw) for (j, ah, aw) in cache if j == source and rh % ah == 0 and rw % aw == 0]
+        if finer:
+            ah, aw = max(finer, key=lambda r: r[0] * r[1])
+            cache[key] = F.avg_pool2d(cache[(source, ah, aw)], kernel_size=(rh // ah, rw // aw))
+        else:
+            cache[key] = F.avg_pool2d(feat, kernel_size=(rh, rw))
+    return cache[key]
 
 
 class NestedSpeakerNet(nn.Module):
@@ -162,6 +187,27 @@ class NestedSpeakerNet(nn.Module):
         w = self.nested_weight(level)
         return float(w.detach()) if torch.is_tensor(w) else float(w)
 
+    def _add_nested(self, level: int, x: torch.Tensor, earlier: list[torch.Tensor],
+                    cache: dict[tuple[int, int, int], torch.Tensor]) -> torch.Tensor:
+        """``x + nested_weight(level) * projection(earlier levels)``."""
+        proj = self.nested[str(level)]
+        inputs = proj.aligned(earlier, x, cache)
+        if self.training:
+            prev = proj.proj(inputs)
+        else:
+            y = proj.proj[0](inputs)
+            norm = proj.proj[1]
+            if not self.record_telemetry and fused.can_fuse(y, x, norm):
+                w_logit = self.nested_w[str(level)] if self.cfg.nested_weight == "learnable" else None
+                return fused.group_norm_relu_add(y, x, norm, w_logit, self.cfg.fixed_weight)
+            # Under autocast GroupNorm runs in fp32; without this cast the sum (and every later
+            # level, pooling and concat) is promoted to fp32. No-op in fp32. Training keeps the
+            # promotion so the recorded fp16 runs stay reproducible.
+            prev = proj.after_conv(y).to(x.dtype)
+        if self.record_telemetry:
+            self.telemetry[f"nested_rms/level{level}"] = prev.detach().float().pow(2).mean().sqrt().item()
+        return x + self.nested_weight(level) * prev
+
     def forward(self, feats: torch.Tensor) -> torch.Tensor:
         frames = feats.shape[-1] - feats.shape[-1] % self.time_stride
         x = self.stem(feats[..., :frames].unsqueeze(1))
@@ -171,15 +217,7 @@ class NestedSpeakerNet(nn.Module):
             x = level(x)
             key = str(i + 1)
             if key in self.nested:
-                prev = self.nested[key](outs, x, pooled)
-                if not self.training:
-                    # Under autocast GroupNorm runs in fp32; without this cast the sum (and every later
-                    # level, pooling and concat) is promoted to fp32. No-op in fp32. Training keeps the
-                    # promotion so the recorded fp16 runs stay reproducible.
-                    prev = prev.to(x.dtype)
-                x = x + self.nested_weight(i + 1) * prev
-                if self.record_telemetry:
-                    self.telemetry[f"nested_rms/level{i + 1}"] = prev.detach().float().pow(2).mean().sqrt().item()
+                x = self._add_nested(i + 1, x, outs, pooled)
             if self.record_telemetry:
                 self.telemetry[f"act_rms/level{i + 1}"] = x.detach().float().pow(2).mean().sqrt().item()
             outs.append(x)
