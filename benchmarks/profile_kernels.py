@@ -38,6 +38,9 @@ def main() -> None:
             runner.fn(wav)
         torch.cuda.synchronize()
     print(f"== {a.model} {a.mode} {a.duration:g} s batch {a.batch}, {a.iters} calls")
+    kernels = [e for e in prof.key_averages() if e.device_type == torch.autograd.DeviceType.CUDA]
+    print(f"GPU kernel time: {sum(e.self_device_time_total for e in kernels) / a.iters / 1e3:.3f} ms per call "
+          f"({sum(e.count for e in kernels) // a.iters} kernels)")
     if not a.by_op:
         print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=a.top, max_name_column_width=70))
         return
