@@ -34,14 +34,15 @@ step() {  # step NAME MAX_S ARGS...: run one sweep with a timeout of min(MAX_S, 
 } 2>&1 | tee -a "$LOG"
 
 # 1. batch 1, every duration, every mode (eager, layouts, autocast, CUDA graphs)
-#    paired: nested and baseline interleaved in 5 rounds per workload, so host drift cancels in the ratio
-step cuda_b1 170 --device cuda --backend torch --durations 2,4,8,20 --batch 1 --repeats 100 --paired 5 \
+#    paired: nested and baseline interleaved in 21 rounds per workload, so host drift cancels in the ratio
+#    (eager batch 1 is host-bound; with 5 rounds its median ratio still moved 0.91-1.13 between runs)
+step cuda_b1 170 --device cuda --backend torch --durations 2,4,8,20 --batch 1 --repeats 30 --paired 21 \
   --modes fp32,channels_last,bf16,fp16,cuda_graph,cuda_graph+bf16,cuda_graph+fp16
 # 2. throughput: 4 s, batches 16/64/256 (batch 1 is in step 1) for the modes that can be fastest there
-step cuda_batch 130 --device cuda --backend torch --durations 4 --batch 16,64,256 --repeats 100 --paired 5 \
+step cuda_batch 130 --device cuda --backend torch --durations 4 --batch 16,64,256 --repeats 30 --paired 21 \
   --modes fp16,channels_last+fp16,cuda_graph,cuda_graph+bf16,cuda_graph+fp16
 # 3. CPU of this host: torch eager (all threads) and ONNX Runtime fp32 + shipped int8 with 1, 2 and all threads
-step cpu 120 --device cpu --backend all --durations 4,8 --batch 1 --repeats 50 --paired 5 --ort-threads 1,2,all \
+step cpu 120 --device cpu --backend all --durations 4,8 --batch 1 --repeats 20 --paired 13 --ort-threads 1,2,all \
   --ort-precision fp32,int8
 # 4. torch.compile(mode="reduce-overhead") at 8 s batch 1, with what is left
 step cuda_compile 150 --device cuda --backend torch --durations 8 --batch 1 --repeats 50 --modes compile \
