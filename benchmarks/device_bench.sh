@@ -34,8 +34,8 @@ step() {  # step NAME MAX_S ARGS...: run one sweep with a timeout of min(MAX_S, 
 } 2>&1 | tee -a "$LOG"
 
 # 1. batch 1, every duration, every mode (eager, layouts, autocast, CUDA graphs)
-#    paired: nested and baseline interleaved in 21 rounds per workload, so host drift cancels in the ratio
-#    (eager batch 1 is host-bound; with 5 rounds its median ratio still moved 0.91-1.13 between runs)
+#    paired: nested and baseline interleaved in 21 blocks of 2 calls per workload, so host drift cancels in the ratio
+#    (eager batch 1 is host-bound; with 5 blocks of 20 calls its median ratio still moved 0.91-1.13 between runs)
 step cuda_b1 170 --device cuda --backend torch --durations 2,4,8,20 --batch 1 --repeats 30 --paired 21 \
   --modes fp32,channels_last,bf16,fp16,cuda_graph,cuda_graph+bf16,cuda_graph+fp16
 # 2. throughput: 4 s, batches 16/64/256 (batch 1 is in step 1) for the modes that can be fastest there

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Second A/B of the fused nested kernel, aimed at the noisy eager rows: GPU kernel time per call
 # (torch.profiler, host-independent) for channels_last+fp16 4 s batch 256, both models, fused on/off;
-# then nestspk-bench paired (7 rounds) with NESTSPK_FUSED_NESTED=1/0 alternated twice.
+# then nestspk-bench paired (7 blocks of 15 calls) with NESTSPK_FUSED_NESTED=1/0 alternated twice.
 # Usage (device tool, repo root, carry: .whl):  bash benchmarks/fused_nested_ab2.sh
 set -u
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
