@@ -96,6 +96,9 @@ def group_norm_relu_add(y: torch.Tensor, x: torch.Tensor, norm: nn.GroupNorm,
 
 
 if triton is not None:
+    # Integer arguments that change with the input length are not specialised on (Triton would otherwise
+    # compile a variant per divisibility-by-16 pattern); only the constexpr tile sizes pick a variant.
+    _LENGTH_ARGS = ["num_groups", "positions", "stride_b", "stride_c", "stride_p"]
 
     @triton.jit
     def _tile_offsets(pid_group, pid_chunk, num_groups, positions, stride_b, stride_c, stride_p,
@@ -110,7 +113,7 @@ if triton is not None:
         mask = (rows[:, None] < positions) & (chans[None, :] >= 0)
         return offsets, mask, chans
 
-    @triton.jit
+    @triton.jit(do_not_specialize=_LENGTH_ARGS)
     def _chunk_stats_kernel(y_ptr, stats_ptr, num_groups, positions, stride_b, stride_c, stride_p,
                             GROUP_CHANNELS: tl.constexpr, BLOCK_P: tl.constexpr):
         pid_group = tl.program_id(0)
@@ -126,7 +129,7 @@ if triton is not None:
         tl.store(out, mean)
         tl.store(out + 1, m2)
 
-    @triton.jit
+    @triton.jit(do_not_specialize=_LENGTH_ARGS + ["chunks"])
     def _normalize_relu_add_kernel(y_ptr, x_ptr, out_ptr, stats_ptr, gamma_ptr, beta_ptr, scale_ptr, fixed_scale,
                                    num_groups, positions, chunks, stride_b, stride_c, stride_p, eps,
                                    GROUP_CHANNELS: tl.constexpr, BLOCK_P: tl.constexpr, CHUNKS_P2: tl.constexpr,
