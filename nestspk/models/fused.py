@@ -49,7 +49,7 @@ def _spatially_flat_strides(t: torch.Tensor) -> tuple[int, int, int] | None:
 
 def can_fuse(y: torch.Tensor, x: torch.Tensor, norm: nn.Module) -> bool:
     """True if :func:`group_norm_relu_add` applies to these tensors in the current context."""
-    if not (ENABLED and triton is not None and y.is_cuda and x.is_cuda):
+    if not (ENABLED and triton is not None and y.is_cuda and x.device == y.device):
         return False
     if torch.is_grad_enabled() or torch.compiler.is_compiling():
         return False
@@ -71,6 +71,9 @@ def group_norm_relu_add(y: torch.Tensor, x: torch.Tensor, norm: nn.GroupNorm,
     ``s = sigmoid(w_logit)`` (a one-element tensor) or ``fixed_scale`` if ``w_logit`` is None.
     Returns a new tensor with ``x``'s dtype and memory layout. Check :func:`can_fuse` first.
     """
+    if y.is_cuda and y.device.index != torch.cuda.current_device():
+        with torch.cuda.device(y.device):  # Triton launches on the current device
+            return group_norm_relu_add(y, x, norm, w_logit, fixed_scale)
     batch, channels, h, w = y.shape
     groups = norm.num_groups
     group_channels = channels // groups
