@@ -54,9 +54,9 @@ MIN_SAMPLES = 1600
 """Shortest waveform (samples at 16 kHz, 0.1 s) the exported graph is declared and checked for."""
 MAX_SAMPLES = SAMPLE_RATE * 3600
 PARITY_COSINE_MIN = 0.9999
+"""Minimum cosine(torch, onnx) accepted by :func:`export_onnx`'s self-check."""
 INT8_COSINE_MIN = 0.98
 """Minimum cosine(torch fp32, int8 onnx) on real clips accepted by ``nestspk-export --int8``."""
-"""Minimum cosine(torch, onnx) accepted by :func:`export_onnx`'s self-check."""
 CHECK_SECONDS = (1.3, 4.0, 9.7)
 """Lengths (s) used to check dynamic axes; 1.3 s and 9.7 s give frame counts that are not multiples of 4."""
 CHECK_BATCHES = (1, 3)
