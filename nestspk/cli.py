@@ -135,7 +135,7 @@ def cmd_embed(a: argparse.Namespace) -> int:
 
 def cmd_eval(a: argparse.Namespace) -> int:
     from .metrics import compute_eer, compute_min_dcf
-    from .train.data import default_data_root, load_segment, read_trials
+    from .corpus import default_data_root, load_segment, read_trials
 
     trials = read_trials(a.trials)
     root = Path(a.root) if a.root else default_data_root()

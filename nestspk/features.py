@@ -111,6 +111,7 @@ def cropped_dft_basis(cfg: FrontendConfig, bins: tuple[int, int] | None = None) 
     return basis.contiguous(), left
 
 
+RMS_FLOOR = 1e-10  # added to the mean square before the unit-RMS scaling (digital silence -> zeros)
 FACTOR_BLOCK = 16  # samples per block of the factored DFT (divides hop_length and n_fft)
 
 
@@ -157,7 +158,8 @@ def factored_dft_weights(cfg: FrontendConfig, bins: tuple[int, int] | None = Non
 class LogMelFrontend(nn.Module):
     """Waveform (B, T) float32 at 16 kHz -> normalised log-mel (B, n_mels, frames).
 
-    Steps: pre-emphasis ``y[t] = x[t] - a * x[t-1]`` (``y[0] = x[0] - a * x[0]``),
+    Steps: DC removal and scaling to unit RMS over each row (so a gain or a DC offset does not
+    change the features), pre-emphasis ``y[t] = x[t] - a * x[t-1]`` (``y[0] = x[0] - a * x[0]``),
     centred STFT with reflect padding (frames = T // hop + 1), power spectrum,
     mel filterbank, ``log(mel + log_eps)``, per-utterance mean/variance
     normalisation over time for each mel bin (instance norm).
@@ -215,6 +217,9 @@ class LogMelFrontend(nn.Module):
         cfg = self.cfg
         with torch.autocast(device_type=wav.device.type, enabled=False):
             x = wav.float()
+            # level and DC invariance: remove the mean, scale to unit RMS (a digital-silence row stays 0)
+            x = x - x.mean(dim=1, keepdim=True)
+            x = x * torch.rsqrt(x.pow(2).mean(dim=1, keepdim=True) + RMS_FLOOR)
             x = torch.cat([x[:, :1] * (1.0 - cfg.preemphasis), x[:, 1:] - cfg.preemphasis * x[:, :-1]], dim=1)
             pad = cfg.n_fft // 2
             x = F.pad(x.unsqueeze(1), (pad, pad), mode="reflect")

@@ -394,7 +394,7 @@ def build_cohort(
         float32 ``(n_speakers * segments_per_speaker, D)``, L2-normalised rows.
     """
     from .audio import TARGET_SAMPLE_RATE, load_audio
-    from .train.data import default_data_root, read_manifest
+    from .corpus import default_data_root, read_train_list as read_manifest
 
     if segments_per_speaker < 1 or seconds <= 0:
         raise ValueError("segments_per_speaker must be >= 1 and seconds > 0")
@@ -447,7 +447,7 @@ def score_trials(
         ``(scores (n,), labels (n,) int, info)``; ``info`` has ``n_trials``, ``n_kept``,
         ``n_skipped``, ``n_segments``, ``n_segments_bad``, ``score_norm``, ``top_k``.
     """
-    from .train.data import default_data_root, load_segment, read_trials
+    from .corpus import default_data_root, load_segment, read_trials
 
     if score_norm not in (None, "none", "asnorm"):
         raise ValueError(f"score_norm must be None or 'asnorm'; got {score_norm!r}")
@@ -603,7 +603,7 @@ def update_operating_points(model: str | os.PathLike, trials: str | os.PathLike 
 
 
 def _read_rows(path: Path) -> list[tuple[str, str]]:
-    from .train.data import read_manifest
+    from .corpus import read_train_list as read_manifest
 
     return read_manifest(path)
 

@@ -10,12 +10,15 @@ from nestspk.train.loss import AAMSoftmax
 from nestspk.train.trainer import TrainingDiverged, train
 
 
-def test_shipped_configs_load_with_seed_defaults():
+def test_shipped_configs_load():
     assert {"nested_4level", "resnetse34l_asp", "nested_seed_prefix", "nested_seed_fixed", "smoke"} <= set(packaged_configs())
     cfg = load_config("nested_4level")
     o = cfg.optim
-    assert (o.batch_size, o.lr, o.lr_decay, o.weight_decay, o.grad_clip, o.epochs, o.patience) == (48, 8e-4, 0.97, 2e-4, 5.0, 150, 20)
-    assert cfg.loss.safe and cfg.amp == "off"
+    assert (o.batch_size, o.lr, o.lr_decay, o.warmup_steps, o.weight_decay, o.grad_clip) == (128, 2e-3, 0.84, 300, 2e-4, 5.0)
+    assert cfg.loss.safe and cfg.amp == "bf16"
+    assert (cfg.data.crop_seconds, cfg.data.crop_max_seconds, cfg.data.augment.real_noise_dir) == (2.0, 4.0, "noise")
+    base = load_config("resnetse34l_asp")
+    assert (base.optim, base.data, base.loss, base.amp) == (cfg.optim, cfg.data, cfg.loss, cfg.amp)  # same recipe
     pre = load_config("nested_seed_prefix")
     assert pre.model_options["nested_norm"] == "batch" and not pre.loss.safe and pre.amp == "fp16"
     with pytest.raises(ValueError):
@@ -81,3 +84,28 @@ def test_sentinel_stops_and_saves_the_batch(tmp_path, training_data, monkeypatch
     batch = torch.load(tmp_path / "run" / "nan_batch.pt", weights_only=True)
     assert batch["wav"].shape[0] == cfg.optim.batch_size
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["status"] == "diverged"
+
+
+def test_distillation_and_real_noise_train_from_a_pack(tmp_path, training_data):
+    """The shipped recipe's parts on CPU: decoded pack, 2 crop lengths, real noise, a teacher target per recording."""
+    import numpy as np
+
+    from nestspk.corpus import default_data_root
+    from nestspk.train.data import write_pack
+
+    write_pack("weights/lists/smoke_train.txt", default_data_root(), tmp_path / "pack", workers=1)
+    n = len(open("weights/lists/smoke_train.txt").read().splitlines())
+    np.save(tmp_path / "teacher.npy", np.random.default_rng(0).standard_normal((n, 16)).astype("float32"))
+    cfg = apply_overrides(load_config("smoke"), [
+        f"data.pack={tmp_path / 'pack'}", f"distill.targets={tmp_path / 'teacher.npy'}", "distill.weight=5",
+        "data.augment.real_noise_dir=noise", "data.augment.real_noise_prob=0.5", "optim.warmup_steps=3", "optim.epochs=1"])
+    s = train(cfg, tmp_path / "run", device="cpu", progress=False)
+    assert s["status"] == "finished" and s["nan_events"] == 0
+    ck = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
+    assert ck["distill"]["proj.weight"].shape == (16, 64)
+    rows = list(csv.DictReader(open(tmp_path / "run" / "steps.csv")))
+    lrs = [float(r["lr"]) for r in rows]
+    assert lrs[0] < lrs[2]  # linear warm-up
+    with pytest.raises(ValueError, match="rows for"):
+        np.save(tmp_path / "teacher.npy", np.zeros((n + 1, 16), dtype="float32"))
+        train(cfg, tmp_path / "run2", device="cpu", progress=False)

@@ -4,6 +4,7 @@
     nestspk-train --gpus 2 --config nested_4level ...        (DDP; = torchrun --nproc_per_node 2 -m nestspk.train ...)
     torchrun --nproc_per_node=2 -m nestspk.train --config nested_4level ...
     nestspk-train prepare --root ../shared/data --out weights/lists
+    nestspk-train pack --list weights/lists/train.txt --out /tmp/pack     (decode once, int16)
     nestspk-train evaluate runs/nested_4level [--trials weights/lists/test_trials.txt]
     nestspk-train package --run runs/nested_4level --name nested_4level [--weights-dir weights]
 """
@@ -23,16 +24,26 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,
                         format=f"%(asctime)s %(levelname)s {f'[rank {rank}] ' if 'RANK' in os.environ else ''}%(message)s")
     if argv and argv[0] == "prepare":
-        p = argparse.ArgumentParser(prog="nestspk-train prepare")
+        p = argparse.ArgumentParser(prog="nestspk-train prepare",
+                                    description="write train.txt and the dev/test/speechocean trial lists")
         p.add_argument("--root", type=Path, default=None, help="data root (default $NESTSPK_DATA or ../shared/data)")
         p.add_argument("--out", type=Path, default=Path("weights/lists"))
-        p.add_argument("--dev", type=int, default=30)
-        p.add_argument("--test", type=int, default=30)
         p.add_argument("--seed", type=int, default=0)
         a = p.parse_args(argv[1:])
-        from .data import default_data_root, prepare
-        stats = prepare(a.root or default_data_root(), a.out, a.dev, a.test, seed=a.seed)
+        from ..corpus import SplitPlan, default_data_root, prepare_lists
+        stats = prepare_lists(a.root or default_data_root(), a.out, SplitPlan(seed=a.seed))
         print(json.dumps(stats))
+        return 0
+    if argv and argv[0] == "pack":
+        p = argparse.ArgumentParser(prog="nestspk-train pack", description="decode a training list once (int16)")
+        p.add_argument("--list", type=Path, default=Path("weights/lists/train.txt"))
+        p.add_argument("--root", type=Path, default=None)
+        p.add_argument("--out", type=Path, required=True)
+        p.add_argument("--workers", type=int, default=None)
+        a = p.parse_args(argv[1:])
+        from ..corpus import default_data_root
+        from .data import write_pack
+        print(json.dumps(write_pack(a.list, a.root or default_data_root(), a.out, a.workers)))
         return 0
     if argv and argv[0] == "evaluate":
         p = argparse.ArgumentParser(prog="nestspk-train evaluate")

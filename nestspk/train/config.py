@@ -20,6 +20,7 @@ class OptimConfig:
     epochs: int = 150
     patience: int = 20  # epochs without a dev-EER improvement before stopping
     steps_per_epoch: int = 100
+    warmup_steps: int = 0  # linear warm-up; the decay is continuous: lr * lr_decay ** (step / steps_per_epoch)
 
 
 @dataclass
@@ -35,7 +36,17 @@ class DataConfig:
     dev_trials: str = "weights/lists/dev_trials.txt"
     root: str | None = None  # None: $NESTSPK_DATA or ../shared/data
     crop_seconds: float = 2.0
+    crop_max_seconds: float | None = None  # per batch a crop length in [crop_seconds, crop_max_seconds], 0.5 s grid
+    pack: str | None = None  # folder written by `nestspk-train pack` (decoded training list); None: decode here
     augment: AugmentConfig = field(default_factory=AugmentConfig)
+
+
+@dataclass
+class DistillConfig:
+    """Optional teacher: per-recording target embeddings (.npy, rows in training-list order)."""
+
+    targets: str | None = None
+    weight: float = 0.0  # loss += weight * (1 - cos(projection(embedding), target))
 
 
 @dataclass
@@ -46,6 +57,7 @@ class TrainConfig:
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     loss: LossConfig = field(default_factory=LossConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
     amp: str = "off"  # off | fp16 (with GradScaler) | fp16_noscaler | bf16
     sync_batchnorm: bool = True  # multi-GPU only: BatchNorm -> SyncBatchNorm
     seed: int = 0
@@ -61,7 +73,8 @@ def _build(cls, d: dict | None):
     unknown = set(d) - set(known)
     if unknown:
         raise ValueError(f"unknown {cls.__name__} key(s): {sorted(unknown)}")
-    nested = {"data": DataConfig, "optim": OptimConfig, "loss": LossConfig, "augment": AugmentConfig}
+    nested = {"data": DataConfig, "optim": OptimConfig, "loss": LossConfig, "augment": AugmentConfig,
+              "distill": DistillConfig}
     for k, v in list(d.items()):
         if k in nested and isinstance(v, dict):
             d[k] = _build(nested[k], v)

@@ -171,12 +171,17 @@ def cleanup(ctx: DistContext) -> None:
 class JointModel(nn.Module):
     """Encoder + loss head as one module, so a single DDP wrapper averages both modules' gradients."""
 
-    def __init__(self, model: nn.Module, head: nn.Module):
+    def __init__(self, model: nn.Module, head: nn.Module, distill: nn.Module | None = None):
         super().__init__()
-        self.model, self.head = model, head
+        self.model, self.head, self.distill = model, head, distill
 
-    def forward(self, wav: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.head(self.model(wav), labels)
+    def forward(self, wav: torch.Tensor, labels: torch.Tensor,
+                targets: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        emb = self.model(wav)
+        loss, acc = self.head(emb, labels)
+        if self.distill is not None and targets is not None:
+            loss = loss + self.distill(emb, targets)
+        return loss, acc
 
 
 def convert_batchnorm(model: nn.Module, ctx: DistContext, device: torch.device, enabled: bool = True) -> nn.Module:
@@ -196,9 +201,10 @@ def convert_batchnorm(model: nn.Module, ctx: DistContext, device: torch.device, 
     return model
 
 
-def wrap(model: nn.Module, head: nn.Module, ctx: DistContext, device: torch.device) -> nn.Module:
-    """``JointModel(model, head)``, wrapped in DistributedDataParallel when ``ctx`` is distributed."""
-    joint = JointModel(model, head)
+def wrap(model: nn.Module, head: nn.Module, ctx: DistContext, device: torch.device,
+         distill: nn.Module | None = None) -> nn.Module:
+    """``JointModel(model, head, distill)``, wrapped in DistributedDataParallel when ``ctx`` is distributed."""
+    joint = JointModel(model, head, distill)
     if not ctx.distributed:
         return joint
     ids = [device.index] if device.type == "cuda" else None

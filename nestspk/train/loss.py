@@ -57,3 +57,17 @@ class AAMSoftmax(nn.Module):
         phi = torch.where(cos - self.th > 0, phi, cos - self.mm)
         one_hot = F.one_hot(labels, cos.shape[1]).to(cos.dtype)
         return self.s * (one_hot * phi + (1.0 - one_hot) * cos)
+
+
+class DistillLoss(nn.Module):
+    """``weight * mean(1 - cos(W emb, target))``: a linear projection of the embedding towards a teacher's."""
+
+    def __init__(self, embed_dim: int, target_dim: int, weight: float):
+        super().__init__()
+        self.proj = nn.Linear(embed_dim, target_dim, bias=False)
+        self.weight = weight
+
+    def forward(self, emb: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(device_type=emb.device.type, enabled=False):
+            cos = F.cosine_similarity(self.proj(emb.float()), targets.float(), dim=1)
+        return self.weight * (1.0 - cos).mean()

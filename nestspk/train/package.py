@@ -10,7 +10,7 @@ import torch
 from ..models import build_model, count_parameters
 from ..checkpoints import sha256_file
 from .trainer import DevSet
-from .data import default_data_root
+from ..corpus import default_data_root, describe_train_list
 
 
 def _git_commit() -> str:
@@ -18,6 +18,15 @@ def _git_commit() -> str:
         return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
+
+
+def _train_command(cfg: dict) -> str:
+    cmd = f"nestspk-train --config {cfg['name'].split('_seed')[0]} --device cuda" + (f" --seed {cfg['seed']}" if cfg["seed"] else "")
+    d = cfg.get("distill") or {}
+    if d.get("targets") and d.get("weight"):
+        cmd += (f" --set distill.targets=teacher.npy --set distill.weight={d['weight']:g}"
+                " (teacher.npy: python benchmarks/resemblyzer_embed.py list weights/lists/train.txt --out teacher.npy)")
+    return cmd
 
 
 def evaluate_run(run: Path, trials: Path, root: Path | None = None) -> dict:
@@ -58,19 +67,18 @@ def package_run(run: Path, name: str, weights_dir: Path, test_trials: Path | Non
         "threshold": summary["best_dev"]["threshold"],
         "threshold_source": "cosine score at the equal-error-rate point of the dev trials",
         "metrics": metrics,
-        "metrics_note": "LibriSpeech same-session trials: 4 segments per held-out speaker's recording, all pairs",
+        "metrics_note": "LibriSpeech test-clean trials across chapters (recording sessions); dev and test "
+                        "speakers disjoint from training (weights/lists/, nestspk-train prepare)",
         "training": {
             "config": cfg,
-            "data": "LibriSpeech train-clean-100 snippets (CC BY 4.0), one ~12.5 s recording per speaker; "
-                    "lists in weights/lists/ (train 191 / dev 30 / test 30 speakers, disjoint)",
+            "data": describe_train_list(Path(cfg["data"]["train_manifest"]), root),
             "train_speakers": summary["train_speakers"],
             "epochs_trained": summary["epochs"],
             "steps": summary["steps"],
             "best_epoch": summary["best_epoch"],
             "status": summary["status"],
             "nan_events": summary["nan_events"],
-            "command": f"nestspk-train --config {cfg['name'].split('_seed')[0]} --device cuda"
-                       + (f" --seed {cfg['seed']}" if cfg["seed"] else ""),
+            "command": _train_command(cfg),
             "git_commit": _git_commit(),
         },
     }

@@ -19,8 +19,9 @@ from ..metrics import compute_eer, compute_min_dcf
 from ..models import SpeakerModel, build_model, count_parameters
 from . import distributed as ddp
 from .config import TrainConfig
-from .data import BatchSampler, WaveformBank, default_data_root, load_segment, read_manifest, read_trials
-from .loss import AAMSoftmax
+from ..corpus import AUDIO_SUFFIXES, default_data_root, load_segment, read_train_list, read_trials
+from .data import BatchSampler, WaveformBank
+from .loss import AAMSoftmax, DistillLoss
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +54,14 @@ class DevSet:
 
     @torch.no_grad()
     def evaluate(self, model: SpeakerModel, device: torch.device) -> dict:
+        # every dev utterance has its own length: cuDNN autotuning each one cost ~4 min per run's first epoch
+        bench, torch.backends.cudnn.benchmark = torch.backends.cudnn.benchmark, False
+        try:
+            return self._evaluate(model, device)
+        finally:
+            torch.backends.cudnn.benchmark = bench
+
+    def _evaluate(self, model: SpeakerModel, device: torch.device) -> dict:
         model.eval()
         by_len = defaultdict(list)
         for i, w in enumerate(self.wavs):
@@ -124,18 +133,33 @@ def _train(cfg: TrainConfig, out: Path, dev: torch.device, ctx: ddp.DistContext,
     root = Path(cfg.data.root) if cfg.data.root else default_data_root()
     t_start = time.time()
 
-    bank = WaveformBank(read_manifest(cfg.data.train_manifest), root, dev)
-    sampler = BatchSampler(bank, cfg.data.crop_seconds, cfg.data.augment, ddp.rank_seed(cfg.seed, ctx.rank))
+    train_list = read_train_list(cfg.data.train_manifest)
+    bank = WaveformBank(train_list, root, dev, pack=cfg.data.pack)
+    aug = cfg.data.augment
+    noise = None
+    if aug.real_noise_dir and aug.real_noise_prob > 0:
+        files = sorted(p for p in (root / aug.real_noise_dir).rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES)
+        noise = WaveformBank([("noise", p.relative_to(root).as_posix()) for p in files], root, dev)
+    sampler = BatchSampler(bank, cfg.data.crop_seconds, aug, ddp.rank_seed(cfg.seed, ctx.rank),
+                           crop_max_s=cfg.data.crop_max_seconds, noise=noise)
     devset = DevSet(Path(cfg.data.dev_trials), root) if main else None
     model = build_model(cfg.model, cfg.model_options).to(dev)
     head = AAMSoftmax(model.embed_dim, bank.n_classes, cfg.loss.margin, cfg.loss.scale, cfg.loss.safe).to(dev)
+    targets, distill = None, None
+    if cfg.distill.targets and cfg.distill.weight > 0:
+        targets = torch.from_numpy(np.load(cfg.distill.targets).astype(np.float32)).to(dev)
+        if targets.shape[0] != len(train_list):
+            raise ValueError(f"{cfg.distill.targets}: {targets.shape[0]} rows for {len(train_list)} recordings")
+        distill = DistillLoss(model.embed_dim, targets.shape[1], cfg.distill.weight).to(dev)
     model = ddp.convert_batchnorm(model, ctx, dev, cfg.sync_batchnorm)
-    net = ddp.wrap(model, head, ctx, dev)  # DDP(model + head) when distributed; same parameter objects
+    net = ddp.wrap(model, head, ctx, dev, distill)  # DDP(model + heads) when distributed; same parameter objects
     batch_size = ddp.local_batch_size(cfg.optim.batch_size, ctx.world_size)
     inject_nan = _nan_injection(ctx.rank)
-    params = list(model.parameters()) + list(head.parameters())
+    params = list(model.parameters()) + list(head.parameters()) + (list(distill.parameters()) if distill else [])
     opt = torch.optim.Adam(params, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
-    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=cfg.optim.lr_decay)
+    o = cfg.optim
+    sched = torch.optim.lr_scheduler.LambdaLR(  # stepped every training step
+        opt, lambda k: min(1.0, (k + 1) / o.warmup_steps if o.warmup_steps else 1.0) * o.lr_decay ** (k / o.steps_per_epoch))
     # fp16: autocast + GradScaler (skips steps with inf/NaN gradients); fp16_noscaler: autocast without it,
     # as many hand-written loops do -- kept to test the NaN mechanism described in weights/TRAINING.md
     amp_dtype = {"off": None, "fp16": torch.float16, "fp16_noscaler": torch.float16, "bf16": torch.bfloat16}[cfg.amp]
@@ -149,11 +173,13 @@ def _train(cfg: TrainConfig, out: Path, dev: torch.device, ctx: ddp.DistContext,
         ck = torch.load(ckpt_path, map_location=dev, weights_only=True)
         model.load_state_dict(ck["model"])
         head.load_state_dict(ck["head"])
+        if distill is not None:
+            distill.load_state_dict(ck["distill"])
         opt.load_state_dict(ck["optimizer"])
         sched.load_state_dict(ck["scheduler"])
         scaler.load_state_dict(ck["scaler"])
         sampler.load_state(ck["sampler_rng"].to(sampler.g.get_state().device))
-        torch.set_rng_state(ck["torch_rng"])
+        torch.set_rng_state(ck["torch_rng"].cpu())
         state = json.loads(ck["state"])
         if main:
             log.info("resumed %s at epoch %d (best dev EER %.2f%%)", cfg.name, state["epoch"], 100 * state["best_eer"])
@@ -194,9 +220,9 @@ def _train(cfg: TrainConfig, out: Path, dev: torch.device, ctx: ddp.DistContext,
             record = state["step"] % cfg.log_every == 0
             if is_nested:
                 model.encoder.record_telemetry = record
-            wav, labels = sampler.sample(batch_size)
+            wav, labels, rec = sampler.sample(batch_size)
             with torch.autocast(dev.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-                loss, acc = net(wav, labels)
+                loss, acc = net(wav, labels, None if targets is None else targets[rec])
             if inject_nan is not None and state["step"] == inject_nan:
                 loss = loss * float("nan")
             opt.zero_grad(set_to_none=True)
@@ -216,6 +242,7 @@ def _train(cfg: TrainConfig, out: Path, dev: torch.device, ctx: ddp.DistContext,
                 _sentinel(out, cfg, state, epoch, wav, labels, named, loss_v, total_v, model)
             scaler.step(opt)  # with fp16 the scaler skips steps whose gradients are inf/NaN
             scaler.update()
+            sched.step()
             losses.append(loss_v)
             accs.append(acc_v)
             if record and main:
@@ -233,7 +260,6 @@ def _train(cfg: TrainConfig, out: Path, dev: torch.device, ctx: ddp.DistContext,
                         if k not in ("epoch", "step"):
                             writer.add_scalar(k if "/" in k else f"train/{k}", v, state["step"])
         train_seconds = time.time() - t0
-        sched.step()
         if ctx.any(not all(torch.isfinite(p).all() for p in params), dev):
             if ctx.distributed:
                 _dist_sentinel(ctx, out, cfg, state, epoch, wav, labels, named, float("nan"), float("nan"),
@@ -251,7 +277,8 @@ def _train(cfg: TrainConfig, out: Path, dev: torch.device, ctx: ddp.DistContext,
             erow = {"epoch": epoch, "loss": float(np.mean(losses)), "acc": float(np.mean(accs)),
                     "lr": opt.param_groups[0]["lr"], "dev_eer": metrics["eer"],
                     "dev_min_dcf_0.01": metrics["min_dcf_0.01"], "dev_min_dcf_0.05": metrics["min_dcf_0.05"],
-                    "seconds": time.time() - t0, "train_seconds": train_seconds}
+                    "seconds": time.time() - t0, "train_seconds": train_seconds,
+                    "crops_per_s": len(losses) * batch_size * ctx.world_size / max(train_seconds, 1e-9)}
             if is_nested:
                 for k in model.encoder.nested:
                     erow[f"weight/level{k}"] = model.encoder.nested_weight_value(int(k))
@@ -264,6 +291,7 @@ def _train(cfg: TrainConfig, out: Path, dev: torch.device, ctx: ddp.DistContext,
                      erow["loss"], erow["acc"], 100 * metrics["eer"], metrics["min_dcf_0.01"], erow["seconds"])
             torch.save({"model": model.state_dict(), "head": head.state_dict(), "optimizer": opt.state_dict(),
                         "scheduler": sched.state_dict(), "scaler": scaler.state_dict(), "sampler_rng": sampler.state(),
+                        **({"distill": distill.state_dict()} if distill is not None else {}),
                         "torch_rng": torch.get_rng_state(), "state": json.dumps(state)}, out / "last.tmp")
             (out / "last.tmp").replace(ckpt_path)
             if state["bad_epochs"] >= cfg.optim.patience:
