@@ -156,7 +156,9 @@ def make_system(spec: str, root: Path, backend: str):
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--systems", nargs="+", required=True)
+    p.add_argument("--systems", nargs="+", default=[])
+    p.add_argument("--merge", nargs="+", type=Path, default=[],
+                   help="results.json files of earlier runs to put in the same table (their commands are kept)")
     p.add_argument("--lists", nargs="+", default=["test", "test_2s", "speechocean", "speechocean_2s", "fsdd"])
     p.add_argument("--level-lists", nargs="*", default=["test", "speechocean"])
     p.add_argument("--level-db", type=float, default=-20.0)
@@ -166,6 +168,12 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     root = a.root or default_data_root()
     results: dict = {}
+    earlier = []
+    for f in a.merge:
+        prev = json.loads(f.read_text())
+        earlier.append(prev["meta"])
+        for label, row in prev["results"].items():
+            results.setdefault(label, {}).update(row)
     for spec in a.systems:
         name, system = make_system(spec, root, a.backend)
         for lst in a.lists:
@@ -179,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
     a.out.mkdir(parents=True, exist_ok=True)
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=REPO).stdout.strip()
     meta = {"date": dt.date.today().isoformat(), "git_commit": commit, "command": "python benchmarks/accuracy.py " + " ".join(argv or sys.argv[1:]),
-            "backend": a.backend, "level_db": a.level_db}
+            "backend": a.backend, "level_db": a.level_db, "merged": earlier}
     (a.out / "results.json").write_text(json.dumps({"meta": meta, "results": results}, indent=1) + "\n")
     names = list(dict.fromkeys(n for r in results.values() for n in r))
     lines = ["| trials | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
