@@ -555,7 +555,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 result["card"] = str(new.save())
     except (NestspkError, OSError, ValueError, ImportError) as e:
         msg = " ".join(str(e).split())
-        print(f"nestspk-export: error: {msg[:500]}", file=sys.stderr)
+        print(f"nestspk-export: error: {msg[:2000]}", file=sys.stderr)
         return 1
     finally:
         for tmp, _ in moves:
