@@ -498,7 +498,7 @@ def _jobs(args: argparse.Namespace) -> list[_Job]:
         raise ValueError(f"output {out} must end in .onnx")
     named = {card.resolve(e.file).resolve() for e in card.exports.values()}
     update = args.update_card or out.resolve() in named or args.output is None
-    if update and not args.update_card:
+    if args.output is not None and out.resolve() in named and not args.update_card:
         log.warning("%s is the file the %s card names: the card is updated to match it", out, card.name)
     return [_Job(card, out, update)]
 

@@ -77,3 +77,15 @@ def test_int8_without_data_fails_before_writing(exported: Path, tmp_path: Path, 
     assert rc == 1 and len(err.splitlines()) == 1 and "nothing written" in err, err
     assert str(tmp_path / "no_data") in err and "train" in err  # names the root and the missing calibration list
     assert _snapshot(exported.parent) == before
+
+
+def test_export_command_prints_no_warning_noise(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    card = _tiny_card(tmp_path / "t")
+    res = subprocess.run([sys.executable, "-m", "nestspk.export", "--model", str(card), "--no-parity"],
+                         capture_output=True, text=True, timeout=600, cwd=Path(__file__).resolve().parent.parent)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert res.stderr.strip() == "", res.stderr[-2000:]  # no torchvision / LeafSpec / exporter chatter
+    assert '"model": "tiny"' in res.stdout
