@@ -99,3 +99,34 @@ def test_eval_cli_with_onnx_runs_without_torch(tiny, tmp_path) -> None:
     assert res.returncode == 0 and res.stdout.strip().endswith("ok"), res.stdout + res.stderr[-3000:]
     figures = json.loads(out.read_text())
     assert figures["backend"] == "onnx" and figures["n_kept"] == 4 and figures["n_skipped"] == 1
+
+
+def test_update_card_writes_cohort_points_and_calibration_through_score_trials(tmp_path: Path, example_files) -> None:
+    """Card maintenance on a copied card with tiny lists: the saved card's thresholds are score_trials' figures."""
+    import shutil
+
+    from nestspk.scoring import update_card
+
+    src = ModelCard.load("nested")
+    folder = tmp_path / "w"
+    (folder / "lists").mkdir(parents=True)
+    for ref in (src.weights, src.export("fp32")):
+        shutil.copy(src.resolve(ref.file), folder / ref.file)
+    shutil.copy(src.path, folder / src.path.name)
+    root = tmp_path / "data"
+    root.mkdir()
+    for k, p in example_files.items():
+        shutil.copy(p, root / f"{k}.flac")
+    (folder / "lists" / "train.txt").write_text("s1 a1.flac\ns1 a2.flac\ns2 b.flac\n")
+    (folder / "lists" / "dev_trials.txt").write_text(
+        "1 a1.flac@0-3 a1.flac@3-6\n1 a2.flac@0-3 a2.flac@3-6\n1 b.flac@0-3 b.flac@3-6\n"
+        "0 a1.flac@0-3 b.flac@0-3\n0 a2.flac@0-3 b.flac@3-6\n0 a1.flac@3-6 b.flac@0-3\n")
+    card = update_card(folder / src.path.name, root, top_ks=(2, 4), backend="onnx")
+    assert card.cohort["speakers"] == 2 and card.cohort["file"] == f"{src.name}_cohort.npy"
+    assert card.asnorm["top_k"] in (2, 4) and card.operating_points_fitted_on == "dev_trials.txt"
+    raw = score_trials(make_embedder(card, backend="onnx", device="cpu"), card.list_path("dev"), root)
+    assert card.operating_points["raw"] == pytest.approx(raw.operating_points())
+    assert card.threshold() == card.operating_points["raw"]["eer"]
+    saved = json.loads(card.path.read_text())
+    assert saved["format"] == "nestspk-card/2" and "threshold" not in saved
+    assert Cohort.from_card(card).size == 4  # 2 speakers x 2 segments, sha256-checked
