@@ -273,7 +273,7 @@ def test_auto_device_uses_cpu_when_cuda_cannot_run(monkeypatch: pytest.MonkeyPat
     monkeypatch.setattr(ort, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
     with caplog.at_level(logging.WARNING, logger="nestspk.runtime"):
         v = Verifier(backend="onnx")
-    assert v.device == "cpu" and v._runtime.providers == ["CPUExecutionProvider"]
+    assert v.device == "cpu" and v.embedder.providers == ["CPUExecutionProvider"]
     assert "running on CPU" in caplog.text
     with pytest.raises(OnnxBackendError):
         Verifier(backend="onnx", device="cuda")
