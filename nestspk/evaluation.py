@@ -114,7 +114,9 @@ def score_trials(embedder: "Embedder", trials: str | os.PathLike | Sequence[tupl
     absent = sorted(f for f in files if not (Path(f) if os.path.isabs(f) else root / f).is_file())
     if absent:
         raise MissingDataError(missing_data_message(
-            root, f"{len(absent)} of the {len(files)} audio files of {name} (e.g. {absent[0]})"))
+            root, f"{len(absent)} of the {len(files)} audio files of {name} (e.g. {absent[0]})")
+            + "; the shipped lists use LibriSpeech train-clean-100 snippets (CC BY 4.0, openslr.org/12): "
+              "README section 'Data'")
     wavs: dict[str, np.ndarray] = {}
     bad: dict[str, str] = {}
     for spec in segs:

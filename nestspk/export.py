@@ -44,6 +44,7 @@ import numpy as np
 from .audio import TARGET_SAMPLE_RATE
 from .card import Export, ModelCard, sha256_file, weights_dir
 from .errors import NestspkError, WeightsError
+from .extras import require
 from .runtime import make_session
 from .runtime.onnx_runtime import INPUT_NAME, MAX_SAMPLES, MIN_SAMPLES, OUTPUT_NAME
 
@@ -540,6 +541,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     results = []
     moves: list[tuple[Path, Path]] = []
     try:
+        for module in ("torch", "onnx", "onnxscript"):
+            require(module, "export", "nestspk-export")
         jobs = _jobs(args)
         _check_inputs(jobs, args)
         cards = []

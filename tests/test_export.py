@@ -89,3 +89,14 @@ def test_export_command_prints_no_warning_noise(tmp_path: Path) -> None:
     assert res.returncode == 0, res.stderr[-2000:]
     assert res.stderr.strip() == "", res.stderr[-2000:]  # no torchvision / LeafSpec / exporter chatter
     assert '"model": "tiny"' in res.stdout
+
+
+def test_export_without_torch_names_the_extra() -> None:
+    from torchless import run_without_torch
+
+    res = run_without_torch("""
+        from nestspk.export import main
+
+        raise SystemExit(main(["--model", "nested", "--no-parity"]))
+    """)
+    assert res.returncode == 1 and "pip install 'nestspk[export]'" in res.stderr, res.stderr[-2000:]
