@@ -274,13 +274,6 @@ def _compare(ref: np.ndarray, out: np.ndarray) -> tuple[float, float]:
     return float(cos.min()), float(np.abs(ref - out).max())
 
 
-def _torch_embed(model: "SpeakerModel", wav: np.ndarray) -> np.ndarray:
-    import torch
-
-    with torch.inference_mode():
-        return model.embed(torch.from_numpy(np.ascontiguousarray(wav, dtype=np.float32))).float().numpy()
-
-
 def check_onnx(
     model: "SpeakerModel",
     path: str | Path,
@@ -293,7 +286,9 @@ def check_onnx(
     Returns ``{"cosine_min", "max_abs_diff", "shapes"}``; fails if the graph is not
     dynamic (onnxruntime rejects a shape) or returns the wrong output shape.
     """
-    model.eval()
+    from .runtime.torch_runtime import TorchEmbedder
+
+    torch_embedder = TorchEmbedder.from_model(model, device="cpu")
     sess = make_session(path, "cpu")
     rng = np.random.default_rng(seed)
     cos_min, diff_max, shapes = 1.0, 0.0, []
@@ -301,7 +296,7 @@ def check_onnx(
         for s in seconds:
             wav = (0.1 * rng.standard_normal((b, int(round(s * TARGET_SAMPLE_RATE))))).astype(np.float32)
             out = sess.run([OUTPUT_NAME], {INPUT_NAME: wav})[0]
-            ref = _torch_embed(model, wav)
+            ref = torch_embedder.embed_batch(wav)
             if out.shape != ref.shape:
                 raise NestspkError(f"{path}: ONNX output shape {out.shape} != torch {ref.shape} for input {wav.shape}")
             c, d = _compare(ref, out)
@@ -322,8 +317,11 @@ def measure_parity(
     ``seconds`` (clips that long, batched). Returns ``{"cosine_min", "max_abs_diff",
     "clips", "lengths"}`` with lengths in seconds (whole clips listed as "full").
     """
+    from .runtime.torch_runtime import TorchEmbedder
+
     if not clips:
         raise ValueError("measure_parity needs at least one clip")
+    torch_embedder = TorchEmbedder.from_model(model, device="cpu")
     sess = make_session(path, "cpu")
     cos_min, diff_max = 1.0, 0.0
     batches = [c[None, :] for c in clips]
@@ -335,7 +333,7 @@ def measure_parity(
     for wav in batches:
         wav = np.ascontiguousarray(wav, dtype=np.float32)
         out = sess.run([OUTPUT_NAME], {INPUT_NAME: wav})[0]
-        c, d = _compare(_torch_embed(model, wav), out)
+        c, d = _compare(torch_embedder.embed_batch(wav), out)
         cos_min, diff_max = min(cos_min, c), max(diff_max, d)
     return {"cosine_min": cos_min, "max_abs_diff": float(f"{diff_max:.3g}"),
             "clips": len(clips), "lengths": ["full", *[float(s) for s in seconds]]}
