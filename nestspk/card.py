@@ -123,6 +123,16 @@ class Export:
     calibration_data: dict | None = None
 
 
+def new_file_mode(target: str | os.PathLike) -> int:
+    """Permission bits for a file replacing ``target``: its current mode, else what ``open()`` would give (umask)."""
+    try:
+        return os.stat(target).st_mode & 0o777
+    except FileNotFoundError:
+        umask = os.umask(0)
+        os.umask(umask)
+        return 0o666 & ~umask
+
+
 def _fail(path: Path, key: str, msg: str) -> WeightsError:
     return WeightsError(f"{path}: model card key {key!r}: {msg}")
 
@@ -430,6 +440,7 @@ class ModelCard:
         try:
             with os.fdopen(fd, "w") as f:
                 f.write(text)
+            os.chmod(tmp, new_file_mode(path))  # mkstemp creates 0600
             os.replace(tmp, path)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)

@@ -42,7 +42,7 @@ from typing import TYPE_CHECKING, Any, Iterator, Sequence
 import numpy as np
 
 from .audio import TARGET_SAMPLE_RATE
-from .card import Export, ModelCard, sha256_file, weights_dir
+from .card import Export, ModelCard, new_file_mode, sha256_file, weights_dir
 from .errors import NestspkError, WeightsError
 from .extras import require
 from .runtime import make_session
@@ -550,6 +550,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 results.append(result)
                 cards.append(new if job.update else None)
         for tmp, final in moves:
+            os.chmod(tmp, new_file_mode(final))  # mkstemp creates 0600
             os.replace(tmp, final)
         for result, new in zip(results, cards):
             if new is not None:

@@ -24,7 +24,8 @@ import logging
 import os
 import tempfile
 from pathlib import Path
-from typing import Iterable, Sequence
+from contextlib import contextmanager
+from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -77,6 +78,29 @@ def rewrite_se_means(model) -> int:
     return count
 
 
+class _DropPreprocessHint(logging.Filter):
+    """onnxruntime's quantiser logs "Please consider (to run) pre-processing" on the root logger at every call."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "pre-processing before quantization" not in record.getMessage()
+
+
+@contextmanager
+def _quiet_quantizer() -> Iterator[None]:
+    """Quantise without onnxruntime's pre-processing hint and its C++ 'Removing initializer' warnings."""
+    import onnxruntime as ort
+
+    hint = _DropPreprocessHint()
+    root = logging.getLogger()
+    root.addFilter(hint)
+    ort.set_default_logger_severity(3)  # errors only (onnxruntime has no getter to restore; 2 is its default)
+    try:
+        yield
+    finally:
+        root.removeFilter(hint)
+        ort.set_default_logger_severity(2)
+
+
 class _Crops:
     """onnxruntime CalibrationDataReader over a list of (T,) float32 waveforms."""
 
@@ -113,7 +137,7 @@ def quantize_onnx(fp32_path: str | os.PathLike, out_path: str | os.PathLike,
         raise NestspkError(f"{fp32_path}: found no encoder nodes to quantise (is it a nestspk export?)")
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, _quiet_quantizer():
         src = Path(tmp) / "prepared.onnx"
         onnx.save_model(model, str(src), save_as_external_data=False)
         quantize_static(

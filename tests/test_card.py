@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 from pathlib import Path
 
@@ -46,6 +47,9 @@ def test_save_and_reload_round_trip(tmp_path: Path) -> None:
     card = ModelCard.load(NAME)
     out = card.save(tmp_path / "copy.json")
     assert [p.name for p in tmp_path.iterdir()] == ["copy.json"]  # no temporary file left behind
+    umask = os.umask(0)
+    os.umask(umask)
+    assert out.stat().st_mode & 0o777 == 0o666 & ~umask  # as open() would create it (mkstemp alone gives 0600)
     again = ModelCard.load(out)
     assert again.to_dict() == card.to_dict()
     assert again.path == out and again.dir == tmp_path

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 from pathlib import Path
 
 import pytest
@@ -50,6 +51,10 @@ def test_default_export_updates_the_card(exported: Path) -> None:
     assert fp32.file == "tiny.onnx" and sha256_file(card.resolve(fp32.file)) == fp32.sha256
     assert OnnxEmbedder(card).embed_dim == 64  # the ONNX backend runs with the new file
     assert not [p for p in exported.parent.iterdir() if p.name.startswith(".")], "temporary files left behind"
+    umask = os.umask(0)
+    os.umask(umask)
+    for p in (exported, exported.with_suffix(".onnx")):
+        assert p.stat().st_mode & 0o777 == 0o666 & ~umask, f"{p}: mode {oct(p.stat().st_mode)}"
 
 
 def test_export_strips_irreproducible_node_metadata(exported: Path) -> None:
