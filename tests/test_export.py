@@ -105,3 +105,20 @@ def test_export_without_torch_names_the_extra() -> None:
         raise SystemExit(main(["--model", "nested", "--no-parity"]))
     """)
     assert res.returncode == 1 and "pip install 'nestspk[export]'" in res.stderr, res.stderr[-2000:]
+
+
+def test_export_from_another_checkout_path_is_byte_identical(exported: Path, tmp_path: Path) -> None:
+    """Node metadata held source paths: an export from a copy of the package elsewhere must give the same bytes."""
+    import shutil
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parent.parent
+    copy = tmp_path / "elsewhere" / "checkout"
+    shutil.copytree(repo / "nestspk", copy / "nestspk", ignore=shutil.ignore_patterns("__pycache__"))
+    out = tmp_path / "copy.onnx"
+    res = subprocess.run([sys.executable, "-m", "nestspk.export", "--model", str(exported), "-o", str(out),
+                          "--no-parity"], capture_output=True, text=True, timeout=600, cwd=copy,
+                         env={**os.environ, "PYTHONPATH": str(copy)})
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert sha256_file(out) == ModelCard.load(exported).export("fp32").sha256
