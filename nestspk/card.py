@@ -22,7 +22,6 @@ import json
 import logging
 import math
 import os
-import tempfile
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -30,6 +29,7 @@ from typing import TYPE_CHECKING, Any, Mapping
 
 from .audio import TARGET_SAMPLE_RATE
 from .errors import WeightsError
+from .fileio import atomic_write
 
 if TYPE_CHECKING:  # pragma: no cover
     from .features import FrontendConfig
@@ -121,16 +121,6 @@ class Export:
     metrics: dict | None = None
     operating_points: dict[str, dict[str, float]] | None = None
     calibration_data: dict | None = None
-
-
-def new_file_mode(target: str | os.PathLike) -> int:
-    """Permission bits for a file replacing ``target``: its current mode, else what ``open()`` would give (umask)."""
-    try:
-        return os.stat(target).st_mode & 0o777
-    except FileNotFoundError:
-        umask = os.umask(0)
-        os.umask(umask)
-        return 0o666 & ~umask
 
 
 def _fail(path: Path, key: str, msg: str) -> WeightsError:
@@ -253,8 +243,8 @@ class ModelCard:
         path = resolve_card(model)
         try:
             raw = json.loads(path.read_text())
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise WeightsError(f"{path}: unreadable model card ({e})") from e
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+            raise WeightsError(f"{path}: unreadable model card ({type(e).__name__}: {str(e)[:200]})") from e
         return cls.from_dict(raw, path)
 
     @classmethod
@@ -435,15 +425,7 @@ class ModelCard:
     def save(self, path: str | os.PathLike | None = None) -> Path:
         """Write the card (current format) to ``path`` (default: where it was loaded) atomically; returns the path."""
         path = Path(path) if path is not None else self.path
-        text = json.dumps(self.to_dict(), indent=1) + "\n"
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "w") as f:
-                f.write(text)
-            os.chmod(tmp, new_file_mode(path))  # mkstemp creates 0600
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        with atomic_write(path) as f:
+            f.write((json.dumps(self.to_dict(), indent=1) + "\n").encode())
         log.info("wrote model card %s", path)
         return path

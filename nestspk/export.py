@@ -21,9 +21,10 @@ Command line (console script ``nestspk-export``)::
     nestspk-export --all --int8                 # plus the int8 CPU variants: parity, dev/test EER, operating points
 
 Every input (model cards, weights, real clips for parity, the int8 calibration list
-and its audio, trial lists) is checked before anything is written. Files are written
-beside their targets under temporary names and moved into place, then the card is
-saved atomically, so a failure leaves the previous files and card as they were.
+and its audio, trial lists) is checked before anything is written. Every model is
+exported into a temporary folder first; only then are the files written into place and
+the cards saved, each atomically (:func:`nestspk.fileio.atomic_write`), so a failure
+leaves the previous files and cards as they were.
 """
 from __future__ import annotations
 
@@ -42,9 +43,10 @@ from typing import TYPE_CHECKING, Any, Iterator, Sequence
 import numpy as np
 
 from .audio import TARGET_SAMPLE_RATE
-from .card import Export, ModelCard, new_file_mode, sha256_file, weights_dir
+from .card import Export, ModelCard, sha256_file, weights_dir
 from .errors import NestspkError, WeightsError
 from .extras import require
+from .fileio import atomic_write
 from .runtime import make_session
 from .runtime.onnx_runtime import INPUT_NAME, MAX_SAMPLES, MIN_SAMPLES, OUTPUT_NAME
 
@@ -358,12 +360,6 @@ class _Job:
     update: bool
 
 
-def _tmp_beside(path: Path) -> Path:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tmp.onnx", dir=path.parent)
-    os.close(fd)
-    return Path(tmp)
-
-
 def _check_inputs(jobs: Sequence[_Job], args: argparse.Namespace) -> None:
     """Everything the export will read, checked before anything is written; NestspkError naming what is missing."""
     from .corpus import missing_data_message
@@ -427,8 +423,9 @@ def _int8_points(card: ModelCard, embedder: Any, data_root: Path) -> tuple[dict,
     return metrics, points
 
 
-def _export_one(job: _Job, args: argparse.Namespace, moves: list[tuple[Path, Path]]) -> tuple[dict, ModelCard]:
-    """Export (and quantise) one model into temporary files, appended to ``moves`` as (tmp, final).
+def _export_one(job: _Job, args: argparse.Namespace, tmp_dir: Path,
+                moves: list[tuple[Path, Path]]) -> tuple[dict, ModelCard]:
+    """Export (and quantise) one model into files under ``tmp_dir``, appended to ``moves`` as (tmp, final).
 
     Returns (result, the updated card, not yet saved).
     """
@@ -437,7 +434,7 @@ def _export_one(job: _Job, args: argparse.Namespace, moves: list[tuple[Path, Pat
 
     model, card = load_model(job.card)
     data_root = Path(args.data)
-    tmp = _tmp_beside(job.out)
+    tmp = tmp_dir / f"{len(moves)}_{job.out.name}"
     moves.append((tmp, job.out))
     export_onnx(model, tmp, opset=args.opset, exporter=args.exporter, frontend_dft=args.frontend_dft, name=card.name)
     parity = None
@@ -458,14 +455,13 @@ def _export_one(job: _Job, args: argparse.Namespace, moves: list[tuple[Path, Pat
         crops = calibration_crops(read_train_list(manifest), data_root, count=args.calibration_files,
                                   seconds=8.0, seed=0)
         out8 = job.out.with_name(job.out.stem + ".int8.onnx")
-        tmp8 = _tmp_beside(out8)
+        tmp8 = tmp_dir / f"{len(moves)}_{out8.name}"
         moves.append((tmp8, out8))
         quantize_onnx(tmp, tmp8, crops)
         parity8 = measure_parity(model, tmp8, clips)
         if parity8["cosine_min"] < INT8_COSINE_MIN:
             raise NestspkError(f"{card.name}: int8 embeddings too far from torch fp32 on real clips: {parity8}")
-        probe = new.with_export("int8", Export(os.path.relpath(tmp8.resolve(), card.dir.resolve()),
-                                               sha256_file(tmp8)))
+        probe = new.with_export("int8", Export(str(tmp8.resolve()), sha256_file(tmp8)))
         metrics, points = _int8_points(probe, OnnxEmbedder(probe, precision="int8"), data_root)
         calib = {"manifest": os.path.relpath(manifest.resolve(), card.dir.resolve()),
                  "files": args.calibration_files, "seconds": 8.0, "seed": 0}
@@ -537,21 +533,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.verbose:
         logging.getLogger("nestspk").setLevel(logging.INFO)
     results = []
-    moves: list[tuple[Path, Path]] = []
     try:
         for module in ("torch", "onnx", "onnxscript"):
             require(module, "export", "nestspk-export")
         jobs = _jobs(args)
         _check_inputs(jobs, args)
+        moves: list[tuple[Path, Path]] = []
         cards = []
-        with quiet_export():
+        with tempfile.TemporaryDirectory(prefix="nestspk-export-") as tmp, quiet_export():
             for job in jobs:  # everything into temporary files first: a failure leaves all files and cards as they were
-                result, new = _export_one(job, args, moves)
+                result, new = _export_one(job, args, Path(tmp), moves)
                 results.append(result)
                 cards.append(new if job.update else None)
-        for tmp, final in moves:
-            os.chmod(tmp, new_file_mode(final))  # mkstemp creates 0600
-            os.replace(tmp, final)
+            for staged, final in moves:
+                with atomic_write(final) as f:
+                    f.write(staged.read_bytes())
         for result, new in zip(results, cards):
             if new is not None:
                 result["card"] = str(new.save())
@@ -559,9 +555,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         msg = " ".join(str(e).split())
         print(f"nestspk-export: error: {msg[:2000]}", file=sys.stderr)
         return 1
-    finally:
-        for tmp, _ in moves:
-            tmp.unlink(missing_ok=True)
     for r in results:
         print(json.dumps(r))
     return 0
