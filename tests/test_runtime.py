@@ -17,6 +17,9 @@ def test_both_backends_are_embedders_and_agree(speech: np.ndarray) -> None:
     card = ModelCard.load("nested")
     torch_e = make_embedder(card, backend="torch", device="cpu")
     onnx_e = make_embedder(card, backend="onnx", device="cpu")
+    import nestspk.runtime as rt
+
+    assert isinstance(torch_e, rt.TorchEmbedder) and isinstance(onnx_e, rt.OnnxEmbedder)
     for e in (torch_e, onnx_e):
         assert isinstance(e, Embedder) and e.card is card and e.embed_dim == card.embed_dim
     x = np.stack([speech, speech[::-1].copy()])

@@ -25,8 +25,9 @@ if TYPE_CHECKING:  # pragma: no cover
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Embedder", "BackendError", "MissingExtraError", "BACKENDS", "DEFAULT_CPU_THREADS", "make_embedder",
-           "make_session", "resolve_backend", "parse_device", "require", "embed_waveforms", "cuda_driver_present"]
+__all__ = ["Embedder", "TorchEmbedder", "OnnxEmbedder", "OnnxBackendError", "BackendError", "MissingExtraError",
+           "BACKENDS", "DEFAULT_CPU_THREADS", "make_embedder", "make_session", "resolve_backend", "parse_device",
+           "embed_waveforms", "cuda_driver_present"]
 
 BACKENDS = ("auto", "torch", "onnx")
 
@@ -188,3 +189,16 @@ def embed_waveforms(embedder: Embedder, wavs: Sequence[np.ndarray], batch_size: 
                 raise NestspkError("the encoder produced a non-finite embedding; please report this input")
             out[chunk] = emb
     return out
+
+
+def __getattr__(name: str) -> Any:
+    """``TorchEmbedder`` / ``OnnxEmbedder`` / ``OnnxBackendError``, imported on first use (torch only when asked)."""
+    if name == "TorchEmbedder":
+        from .torch_runtime import TorchEmbedder
+
+        return TorchEmbedder
+    if name in ("OnnxEmbedder", "OnnxBackendError"):
+        from . import onnx_runtime
+
+        return getattr(onnx_runtime, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
