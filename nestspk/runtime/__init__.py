@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Protocol, Sequence, runtime_checkable
 import numpy as np
 
 from ..errors import NestspkError
-from ..extras import MissingExtraError, require
+from ..extras import MissingExtraError
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..card import ModelCard

@@ -9,7 +9,8 @@ from typing import Any
 import numpy as np
 
 from ..card import ModelCard
-from . import BackendError, parse_device, require
+from ..extras import require
+from . import BackendError, parse_device
 
 log = logging.getLogger(__name__)
 
