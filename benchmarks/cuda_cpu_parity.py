@@ -37,20 +37,20 @@ def main() -> None:
     print("| model | seconds | cuDNN TF32 | cosine min | cosine median | max abs diff of features |")
     print("|---|---:|---|---:|---:|---:|")
     for name in args.models.split(","):
-        cpu = Verifier(name, device="cpu")
+        cpu = Verifier(name, device="cpu", backend="torch")
         for seconds in [float(s) for s in args.seconds.split(",")]:
             n = int(seconds * 16000)
             wavs = np.stack([np.resize(a, n) for a in audio])  # short clips repeat, as np.resize does
             ref = cpu.embed_batch(list(wavs), sample_rate=16000)
             with torch.inference_mode():
-                feats_ref = cpu._runtime.model.frontend(torch.from_numpy(wavs))
+                feats_ref = cpu.embedder.model.frontend(torch.from_numpy(wavs))
             for tf32 in (True, False):
                 torch.backends.cudnn.allow_tf32 = tf32
                 gpu = Verifier(name, device="cuda")
                 for _ in range(3):  # eager, capture, replay
                     out = gpu.embed_batch(list(wavs), sample_rate=16000)
                 with torch.inference_mode():
-                    feats = gpu._runtime.model.frontend(torch.from_numpy(wavs).cuda()).cpu()
+                    feats = gpu.embedder.model.frontend(torch.from_numpy(wavs).cuda()).cpu()
                 cos = np.sum(out * ref, axis=1)
                 print(f"| {name} | {seconds:g} | {'on' if tf32 else 'off'} | {cos.min():.7f} | "
                       f"{np.median(cos):.7f} | {(feats - feats_ref).abs().max().item():.1e} |")

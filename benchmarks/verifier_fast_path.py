@@ -24,20 +24,18 @@ def main() -> None:
     res = {"device": torch.cuda.get_device_name(0), "seconds": a.seconds, "repeats": a.repeats, "rows": []}
     for model in ("nested", "resnetse34l"):
         for graphs in (False, True):
-            v = Verifier(model, device="cuda")
-            v._runtime.use_graphs = graphs
+            v = Verifier(model, device="cuda", cuda_graphs=graphs)
             x = (rng.standard_normal((1, int(16000 * a.seconds))) * 0.1).astype(np.float32)
-            ref = Verifier(model, device="cuda")
-            ref._runtime.use_graphs = False
+            ref = Verifier(model, device="cuda", cuda_graphs=False)
             for _ in range(5):
-                e = v._runtime.embed_batch(x)
+                e = v.embedder.embed_batch(x)
             times = []
             for _ in range(a.repeats):
                 x = (rng.standard_normal((1, int(16000 * a.seconds))) * 0.1).astype(np.float32)
                 t0 = time.perf_counter()
-                e = v._runtime.embed_batch(x)
+                e = v.embedder.embed_batch(x)
                 times.append((time.perf_counter() - t0) * 1000)
-            cos = float(np.sum(e * ref._runtime.embed_batch(x)))
+            cos = float(np.sum(e * ref.embedder.embed_batch(x)))
             row = {"model": model, "path": "cuda_graph" if graphs else "eager", "p50_ms": float(np.median(times)),
                    "p90_ms": float(np.percentile(times, 90)), "cos_vs_eager": cos}
             res["rows"].append(row)

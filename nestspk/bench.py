@@ -295,7 +295,7 @@ def load_bench_model(name: str, weights: str = "trained") -> tuple[nn.Module, st
         for source in (name, repo_card):
             try:
                 model, card = load_model(source)
-                return model.eval(), str(card.get("name", name))
+                return model.eval(), card.name
             except Exception as e:  # noqa: BLE001 - speed does not depend on training
                 err = err or e
         log.warning("no trained weights for %s (%s); using random init", name, err)
@@ -313,7 +313,7 @@ def export_onnx_file(model: nn.Module, path: Path, opset: int = 18, example: tor
     model = copy.deepcopy(model).cpu().eval()
     if example is None:
         try:
-            from .onnx import export_onnx
+            from .export import export_onnx
         except ImportError:
             export_onnx = None
         if export_onnx is not None:
@@ -799,12 +799,10 @@ def _shipped_int8(weights: str) -> tuple[Path | None, str | None]:
     if weights == "random":
         return None, "int8 rows need the shipped trained weights (--weights trained)"
     try:
-        from .checkpoints import read_card, resolve_card, verified_path
+        from .card import ModelCard
 
-        card = read_card(resolve_card(weights))
-        if not card.get("onnx_int8_file"):
-            return None, f"{weights}: the card names no int8 file (nestspk-export --model {weights} --int8 --update-card)"
-        return verified_path(card, "onnx_int8_file", "onnx_int8_sha256"), None
+        card = ModelCard.load(weights)
+        return card.verified(card.export("int8"), "int8 ONNX file"), None
     except Exception as e:  # noqa: BLE001 - becomes an error row
         return None, f"{type(e).__name__}: {str(e)[:300]}"
 

@@ -24,8 +24,9 @@ AUDIO_SUFFIXES = (".wav", ".flac", ".ogg")
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="nested", help="shipped model name or path to a model card (.json)")
-    p.add_argument("--backend", default="torch", choices=["torch", "onnx"])
-    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.add_argument("--backend", default="auto", choices=["auto", "torch", "onnx"],
+                   help="runtime: auto (default: onnxruntime on CPU, torch on CUDA), torch or onnx")
+    p.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:N")
     p.add_argument("--score-norm", default=None, choices=["asnorm"], help="score normalisation")
     p.add_argument("--precision", default="fp32", choices=["fp32", "int8"],
                    help="int8: the quantised ONNX model (needs --backend onnx)")
@@ -134,35 +135,24 @@ def cmd_embed(a: argparse.Namespace) -> int:
 
 
 def cmd_eval(a: argparse.Namespace) -> int:
-    from .metrics import compute_eer, compute_min_dcf
-    from .corpus import default_data_root, load_segment, read_trials
+    from .evaluation import score_trials
 
-    trials = read_trials(a.trials)
-    root = Path(a.root) if a.root else default_data_root()
     v = _verifier(a)
-    specs = sorted({s for _, x, y in trials for s in (x, y)})
-    index = {s: i for i, s in enumerate(specs)}
-    from tqdm import tqdm
-
-    wavs = [load_segment(s, root) for s in tqdm(specs, desc="loading", unit="seg", disable=a.quiet)]
-    emb = v.embed_batch(wavs, batch_size=a.batch_size)
-    ia = np.array([index[x] for _, x, _ in trials])
-    ib = np.array([index[y] for _, _, y in trials])
-    labels = np.array([t[0] for t in trials])
-    scores = v.score_embeddings(emb[ia], emb[ib])
-    eer, thr = compute_eer(scores, labels)
-    res = {"model": v.model_name, "trials": str(a.trials), "n_trials": len(trials), "n_target": int(labels.sum()),
-           "score_norm": a.score_norm or "none", "eer": eer, "eer_threshold": thr,
-           "min_dcf_0.01": compute_min_dcf(scores, labels, 0.01)[0], "min_dcf_0.05": compute_min_dcf(scores, labels, 0.05)[0]}
+    trials = a.trials if a.trials else v.card.list_path("test")
+    res = score_trials(v.embedder, trials, a.root, cohort=v._cohort, batch_size=a.batch_size)
+    figures = res.metrics()
+    out = {"model": v.model_name, "trials": res.trials, "backend": v.backend, "device": v.device,
+           "precision": v.precision} | figures
     if a.report_dir:
         from .report import write_report
 
-        res["report"] = write_report(scores, labels, a.report_dir, v.threshold, v.model_name)
-    print(f"{v.model_name} on {a.trials}: EER {100 * eer:.2f}%  minDCF(0.01) {res['min_dcf_0.01']:.3f}  "
-          f"minDCF(0.05) {res['min_dcf_0.05']:.3f}  ({len(trials)} trials, {res['n_target']} target, "
-          f"score norm: {res['score_norm']})")
+        out["report"] = write_report(res.scores, res.labels, a.report_dir, v.threshold, v.model_name)
+    skipped = f", {figures['n_skipped']} skipped" if figures["n_skipped"] else ""
+    print(f"{v.model_name} on {res.trials}: EER {100 * figures['eer']:.2f}%  minDCF(0.01) {figures['min_dcf_0.01']:.3f}  "
+          f"minDCF(0.05) {figures['min_dcf_0.05']:.3f}  ({figures['n_kept']} trials{skipped}, {figures['n_target']} target, "
+          f"score norm: {figures['score_norm']})")
     if a.json:
-        Path(a.json).write_text(json.dumps(res, indent=1, default=float))
+        Path(a.json).write_text(json.dumps(out, indent=1, default=float))
     return 0
 
 
@@ -187,8 +177,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(pe)
     pe.set_defaults(func=cmd_embed)
     pt = sub.add_parser("eval", help="EER/minDCF on a VoxCeleb-style trial list (label path1 path2)")
-    pt.add_argument("--trials", required=True)
-    pt.add_argument("--root", default=None, help="folder the trial paths are relative to (default $NESTSPK_DATA or ../shared/data)")
+    pt.add_argument("--trials", default=None,
+                    help="trial list (default: the model card's test list; a relative path not found here is "
+                         "looked up beside the card, e.g. lists/dev_trials.txt)")
+    pt.add_argument("--root", default=None,
+                    help="folder the trial paths are relative to (default $NESTSPK_DATA or ../shared/data)")
     pt.add_argument("--batch-size", type=int, default=32)
     pt.add_argument("--report-dir", default=None, help="write report.json, det.png, hist.png here")
     pt.add_argument("--json", default=None, help="write the figures as JSON to this file")

@@ -1,6 +1,6 @@
 """Int8 ONNX variant for CPU inference: static, per-channel weights, QDQ format.
 
-The fp32 export (:func:`nestspk.onnx.export_onnx`) stays the reference. This module
+The fp32 export (:func:`nestspk.export.export_onnx`) stays the reference. This module
 derives ``<name>.int8.onnx`` from it:
 
 1. ``ReduceMean`` over (H, W) with ``keepdims=1`` (the squeeze-excitation average)
@@ -24,7 +24,8 @@ import logging
 import os
 import tempfile
 from pathlib import Path
-from typing import Iterable, Sequence
+from contextlib import contextmanager
+from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -77,6 +78,29 @@ def rewrite_se_means(model) -> int:
     return count
 
 
+class _DropPreprocessHint(logging.Filter):
+    """onnxruntime's quantiser logs "Please consider (to run) pre-processing" on the root logger at every call."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "pre-processing before quantization" not in record.getMessage()
+
+
+@contextmanager
+def _quiet_quantizer() -> Iterator[None]:
+    """Quantise without onnxruntime's pre-processing hint and its C++ 'Removing initializer' warnings."""
+    import onnxruntime as ort
+
+    hint = _DropPreprocessHint()
+    root = logging.getLogger()
+    root.addFilter(hint)
+    ort.set_default_logger_severity(3)  # errors only (onnxruntime has no getter to restore; 2 is its default)
+    try:
+        yield
+    finally:
+        root.removeFilter(hint)
+        ort.set_default_logger_severity(2)
+
+
 class _Crops:
     """onnxruntime CalibrationDataReader over a list of (T,) float32 waveforms."""
 
@@ -99,7 +123,7 @@ def quantize_onnx(fp32_path: str | os.PathLike, out_path: str | os.PathLike,
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
-    from .onnx import INPUT_NAME
+    from .runtime.onnx_runtime import INPUT_NAME
 
     crops = [np.asarray(c, dtype=np.float32) for c in calibration]
     if not crops:
@@ -113,7 +137,7 @@ def quantize_onnx(fp32_path: str | os.PathLike, out_path: str | os.PathLike,
         raise NestspkError(f"{fp32_path}: found no encoder nodes to quantise (is it a nestspk export?)")
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, _quiet_quantizer():
         src = Path(tmp) / "prepared.onnx"
         onnx.save_model(model, str(src), save_as_external_data=False)
         quantize_static(
@@ -130,23 +154,24 @@ def quantize_onnx(fp32_path: str | os.PathLike, out_path: str | os.PathLike,
     return out_path
 
 
-def calibration_crops(manifest: str | os.PathLike, root: str | os.PathLike, count: int = 48,
-                      seconds: float = 8.0, seed: int = 0) -> list[np.ndarray]:
-    """``count`` crops of ``seconds`` from the first ``count`` files of a ``speaker path`` manifest.
+def calibration_crops(manifest: "str | os.PathLike | Sequence[tuple[str, str]]", root: str | os.PathLike,
+                      count: int = 48, seconds: float = 8.0, seed: int = 0) -> list[np.ndarray]:
+    """``count`` crops of ``seconds`` from the first ``count`` files of a ``speaker path`` list (path or rows).
 
     Crop offsets are drawn from ``numpy.random.default_rng(seed)``, so the same
-    manifest, root and seed give the same crops. Files shorter than ``seconds`` are used whole.
+    list, root and seed give the same crops. Files shorter than ``seconds`` are used whole.
     """
-    from .audio import load_audio
+    from .audio import TARGET_SAMPLE_RATE, load_audio
+    from .corpus import read_train_list
 
-    lines = [ln.split() for ln in Path(manifest).read_text().splitlines() if ln.strip()]
-    if not lines:
+    rows = read_train_list(manifest) if isinstance(manifest, (str, os.PathLike)) else list(manifest)
+    if not rows:
         raise NestspkError(f"{manifest}: empty manifest")
     rng = np.random.default_rng(seed)
-    n = int(seconds * 16000)
+    n = int(seconds * TARGET_SAMPLE_RATE)
     crops = []
-    for parts in lines[:count]:
-        wav = load_audio(str(Path(root) / parts[-1]))
+    for _, rel in rows[:count]:
+        wav = load_audio(str(Path(root) / rel))
         start = int(rng.integers(0, max(1, len(wav) - n + 1)))
         crops.append(wav[start:start + n])
     return crops

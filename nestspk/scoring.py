@@ -1,9 +1,8 @@
 """Score normalisation (AS-norm), linear calibration and trial-list evaluation.
 
-Everything above :func:`build_cohort` is numpy only and must stay importable without
-torch (the ONNX backend uses it). :func:`build_cohort`, :func:`evaluate_trials` and the
-``python -m nestspk.scoring`` entry point import torch lazily, through the default
-embedder (:func:`~nestspk.checkpoints.load_model`), unless an ``embed_fn`` is given.
+This module is numpy only; :func:`build_cohort` and :func:`update_card` embed through
+an :class:`~nestspk.runtime.Embedder` (torch by default for :func:`update_card`).
+Trial lists are scored by :func:`nestspk.evaluation.score_trials`.
 
 Conventions follow :mod:`nestspk.metrics`: labels are 1 for target trials, 0 for
 non-target trials; a trial is accepted when ``score >= threshold``. Embeddings are
@@ -18,13 +17,13 @@ import math
 import os
 from collections import defaultdict
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 from numpy.typing import ArrayLike
 
-from .checkpoints import read_card, resolve_card, sha256_file, verified_path
-from .errors import AudioError, WeightsError
+from .card import FileRef, ModelCard, sha256_file
+from .errors import WeightsError
 from .metrics import _validate, compute_eer, compute_min_dcf, det_curve
 
 __all__ = [
@@ -38,8 +37,6 @@ __all__ = [
     "apply_calibration",
     "threshold_for",
     "build_cohort",
-    "score_trials",
-    "evaluate_trials",
     "update_card",
 ]
 
@@ -52,8 +49,8 @@ _NORM_TOL = 1e-3
 _SD_FLOOR = 1e-6
 _CHUNK = 4096  # trials/embeddings per block when scoring against the cohort
 
-EmbedFn = Callable[[np.ndarray], np.ndarray]
-"""Batch of 16 kHz waveforms ``(B, T)`` float32 -> L2-normalised embeddings ``(B, D)``."""
+if TYPE_CHECKING:  # pragma: no cover
+    from .runtime import Embedder
 
 
 # --------------------------------------------------------------------------- AS-norm
@@ -198,17 +195,17 @@ class Cohort:
             raise ValueError(f"{path}: {e}") from e
 
     @classmethod
-    def from_card(cls, model: str | os.PathLike | dict, top_k: int | None = None) -> "Cohort":
+    def from_card(cls, model: "str | os.PathLike | ModelCard", top_k: int | None = None) -> "Cohort":
         """The cohort shipped with a model (card key ``cohort``), sha256-verified; ``top_k`` from ``asnorm``.
 
-        ``model``: a name/path accepted by :func:`~nestspk.checkpoints.resolve_card`, or an already read card.
+        ``model``: a :class:`~nestspk.card.ModelCard` or a name/path :meth:`ModelCard.load` accepts.
         """
-        card = model if isinstance(model, dict) else read_card(resolve_card(model))
-        if "cohort" not in card:
-            raise WeightsError(f"{card['name']}: model card has no 'cohort' entry")
-        path = verified_path(card["cohort"] | {"_dir": card["_dir"], "name": card["name"]}, "file", "sha256")
-        k = top_k if top_k is not None else card.get("asnorm", {}).get("top_k", DEFAULT_TOP_K)
-        return cls.load(path, top_k=k, dim=card.get("embed_dim"))
+        card = model if isinstance(model, ModelCard) else ModelCard.load(model)
+        if card.cohort is None:
+            raise WeightsError(f"{card.name}: model card {card.path} has no 'cohort' entry")
+        path = card.verified(FileRef(card.cohort["file"], card.cohort["sha256"]), "AS-norm cohort")
+        k = top_k if top_k is not None else card.asnorm.get("top_k", DEFAULT_TOP_K)
+        return cls.load(path, top_k=k, dim=card.embed_dim)
 
     def stats(self, emb: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
         """``(mu, sd)`` of each row's ``top_k`` highest cohort cosines (see :func:`cohort_stats`)."""
@@ -336,50 +333,15 @@ def threshold_for(
     raise ValueError(f"target must be 'eer', 'far' or 'min_dcf'; got {target!r}")
 
 
-# --------------------------------------------------------------------------- embedding (torch only here)
-
-
-def _torch_embedder(model_name: str | os.PathLike, device: str = "cpu") -> tuple[EmbedFn, dict]:
-    """``(embed_fn, card)`` for a shipped model; imports torch."""
-    import torch
-
-    from .checkpoints import load_model
-
-    net, card = load_model(model_name, device=device)
-
-    def embed(wav: np.ndarray) -> np.ndarray:
-        with torch.inference_mode():
-            return net.embed(torch.from_numpy(np.ascontiguousarray(wav, dtype=np.float32)).to(device)).cpu().numpy()
-
-    return embed, card
-
-
-def _embed_waveforms(wavs: Sequence[np.ndarray], embed_fn: EmbedFn, batch_size: int) -> np.ndarray:
-    """Embed 1-D waveforms, batching those of equal length; rows keep the input order."""
-    by_len: dict[int, list[int]] = defaultdict(list)
-    for i, w in enumerate(wavs):
-        by_len[len(w)].append(i)
-    out: np.ndarray | None = None
-    for length in sorted(by_len):
-        idx = by_len[length]
-        for j in range(0, len(idx), batch_size):
-            chunk = idx[j:j + batch_size]
-            emb = np.asarray(embed_fn(np.stack([wavs[i] for i in chunk])), dtype=np.float32)
-            if out is None:
-                out = np.empty((len(wavs), emb.shape[1]), dtype=np.float32)
-            out[chunk] = emb
-    if out is None:
-        raise ValueError("no waveforms to embed")
-    return out
+# --------------------------------------------------------------------------- cohort and card maintenance
 
 
 def build_cohort(
-    model_name: str | os.PathLike,
+    embedder: "Embedder",
     manifest: str | os.PathLike | Sequence[tuple[str, str]],
     root: str | os.PathLike | None = None,
     segments_per_speaker: int = 2,
     seconds: float = 4.0,
-    embed_fn: EmbedFn | None = None,
     batch_size: int = 32,
 ) -> np.ndarray:
     """AS-norm cohort: ``segments_per_speaker`` crop embeddings per manifest speaker.
@@ -394,14 +356,13 @@ def build_cohort(
         float32 ``(n_speakers * segments_per_speaker, D)``, L2-normalised rows.
     """
     from .audio import TARGET_SAMPLE_RATE, load_audio
-    from .corpus import default_data_root, read_train_list as read_manifest
+    from .corpus import default_data_root, read_train_list
+    from .runtime import embed_waveforms
 
     if segments_per_speaker < 1 or seconds <= 0:
         raise ValueError("segments_per_speaker must be >= 1 and seconds > 0")
-    rows = read_manifest(manifest) if isinstance(manifest, (str, os.PathLike)) else list(manifest)
+    rows = read_train_list(manifest) if isinstance(manifest, (str, os.PathLike)) else list(manifest)
     root = Path(root) if root is not None else default_data_root()
-    if embed_fn is None:
-        embed_fn, _ = _torch_embedder(model_name)
     by_spk: dict[str, list[str]] = defaultdict(list)
     for spk, path in rows:
         by_spk[spk].append(path)
@@ -419,223 +380,85 @@ def build_cohort(
             room = max(len(w) - crop, 0)
             start = 0 if n_here == 1 else int(round(pos * room / (n_here - 1)))
             wavs.append(w[start:start + crop])
+    if not wavs:
+        raise ValueError(f"{manifest}: no recordings for the cohort")
     log.info("cohort: embedding %d crops of %.1f s from %d speakers", len(wavs), seconds, len(by_spk))
-    emb = _embed_waveforms(wavs, embed_fn, batch_size)
+    emb = embed_waveforms(embedder, wavs, batch_size).astype(np.float64)
     emb /= np.linalg.norm(emb, axis=1, keepdims=True)
     return emb.astype(np.float32)
 
 
-# --------------------------------------------------------------------------- trial lists
-
-
-def score_trials(
-    model_name: str | os.PathLike,
-    trials_path: str | os.PathLike,
-    root: str | os.PathLike | None = None,
-    score_norm: str | None = None,
-    cohort: Cohort | None = None,
-    embed_fn: EmbedFn | None = None,
-    batch_size: int = 32,
-) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
-    """Cosine (or AS-norm) scores of a trial list.
-
-    Every unique segment is loaded and embedded once (equal-length segments batched).
-    Trials with a segment that cannot be loaded (e.g. shorter than
-    :data:`~nestspk.audio.MIN_DURATION_S`) are skipped and counted.
-
-    Returns:
-        ``(scores (n,), labels (n,) int, info)``; ``info`` has ``n_trials``, ``n_kept``,
-        ``n_skipped``, ``n_segments``, ``n_segments_bad``, ``score_norm``, ``top_k``.
-    """
-    from .corpus import default_data_root, load_segment, read_trials
-
-    if score_norm not in (None, "none", "asnorm"):
-        raise ValueError(f"score_norm must be None or 'asnorm'; got {score_norm!r}")
-    score_norm = None if score_norm == "none" else score_norm
-    if score_norm == "asnorm" and cohort is None:
-        cohort = Cohort.from_card(model_name)
-    root = Path(root) if root is not None else default_data_root()
-    trials = read_trials(trials_path)
-    if embed_fn is None:
-        embed_fn, _ = _torch_embedder(model_name)
-    segs = sorted({p for _, a, b in trials for p in (a, b)})
-    wavs: dict[str, np.ndarray] = {}
-    bad: dict[str, str] = {}
-    for spec in segs:
-        try:
-            wavs[spec] = load_segment(spec, root)
-        except AudioError as e:
-            bad[spec] = str(e)
-    if bad:
-        log.info("%s: %d of %d segments unusable, e.g. %s", trials_path, len(bad), len(segs), next(iter(bad.values())))
-    kept = [t for t in trials if t[1] in wavs and t[2] in wavs]
-    if not kept:
-        raise ValueError(f"{trials_path}: no trial has two loadable segments")
-    names = sorted(wavs)
-    index = {s: i for i, s in enumerate(names)}
-    emb = _embed_waveforms([wavs[s] for s in names], embed_fn, batch_size)
-    ia = np.array([index[a] for _, a, _ in kept])
-    ib = np.array([index[b] for _, _, b in kept])
-    labels = np.array([y for y, _, _ in kept], dtype=np.int64)
-    scores = cosine_scores(emb[ia], emb[ib])
-    if score_norm == "asnorm":
-        mu, sd = cohort.stats(emb)  # once per unique segment
-        scores = _combine(scores, mu[ia], sd[ia], mu[ib], sd[ib])
-    info = {"n_trials": len(trials), "n_kept": len(kept), "n_skipped": len(trials) - len(kept),
-            "n_segments": len(segs), "n_segments_bad": len(bad), "score_norm": score_norm or "none",
-            "top_k": cohort.top_k if score_norm == "asnorm" else None,
-            "cohort_size": cohort.size if score_norm == "asnorm" else None}
-    return scores, labels, info
-
-
-def evaluate_trials(
-    model_name: str | os.PathLike,
-    trials_path: str | os.PathLike,
-    root: str | os.PathLike | None = None,
-    score_norm: str | None = None,
-    cohort: Cohort | None = None,
-    embed_fn: EmbedFn | None = None,
-    report_dir: str | os.PathLike | None = None,
-    threshold: float | None = None,
-) -> dict[str, Any]:
-    """EER and minDCF(0.01, 0.05) of a trial list, raw cosine or AS-norm (``score_norm='asnorm'``).
-
-    With ``report_dir``, also writes :func:`nestspk.report.write_report` files there at
-    ``threshold`` (default: the card's raw threshold, or its ``asnorm.threshold``).
-
-    Returns:
-        ``{"model", "trials", "eer", "eer_threshold", "min_dcf_0.01", "min_dcf_0.05",
-        "n_target", "n_nontarget"}`` plus the ``info`` of :func:`score_trials`
-        (and ``"report"`` with ``report_dir``).
-    """
-    scores, labels, info = score_trials(model_name, trials_path, root, score_norm, cohort, embed_fn)
-    eer, eer_thr = compute_eer(scores, labels)
-    out: dict[str, Any] = {
-        "model": str(model_name), "trials": str(trials_path),
-        "eer": eer, "eer_threshold": eer_thr,
-        "min_dcf_0.01": compute_min_dcf(scores, labels, 0.01)[0],
-        "min_dcf_0.05": compute_min_dcf(scores, labels, 0.05)[0],
-        "n_target": int(labels.sum()), "n_nontarget": int((labels == 0).sum()),
-    } | info
-    if report_dir is not None:
-        from .report import write_report
-
-        if threshold is None:
-            card = read_card(resolve_card(model_name))
-            threshold = card["asnorm"]["threshold"] if info["score_norm"] == "asnorm" else card["threshold"]
-        name = f"{Path(str(model_name)).stem} {Path(trials_path).name} {info['score_norm']}"
-        out["report"] = write_report(scores, labels, report_dir, threshold, name)
-    log.info("%s %s %s: EER %.2f%% minDCF0.01 %.3f (%d/%d trials)", model_name, trials_path, info["score_norm"],
-             100 * eer, out["min_dcf_0.01"], info["n_kept"], info["n_trials"])
-    return out
-
-
-# --------------------------------------------------------------------------- card maintenance
-
-
-def _write_card_keys(card_path: Path, updates: dict[str, Any]) -> None:
-    """Set top-level ``updates`` keys of a card, keeping every other key as is."""
-    data = json.loads(card_path.read_text())
-    data.update(updates)
-    card_path.write_text(json.dumps(data, indent=1) + "\n")
-
-
 def update_card(
-    model_name: str,
+    model: "str | os.PathLike | ModelCard",
     root: str | os.PathLike | None = None,
-    lists_dir: str | os.PathLike | None = None,
     segments_per_speaker: int = 2,
     seconds: float = 4.0,
     top_ks: Sequence[int] = (20, 50, 100, 200, 400),  # clipped to the cohort size
-) -> dict[str, Any]:
-    """Build and ship the cohort, pick AS-norm ``top_k`` and fit calibration, all on dev trials.
+    backend: str = "torch",
+) -> ModelCard:
+    """Build and ship the cohort, pick AS-norm ``top_k``, fit calibration and measure operating points on dev.
 
-    Writes ``<weights>/<name>_cohort.npy`` and the card keys ``cohort``, ``asnorm``
-    (``top_k`` with the lowest dev EER, ties to minDCF(0.01), and its EER threshold) and
-    ``calibration`` (``a``, ``b`` fitted on raw dev cosine scores, prior 0.5).
+    Writes ``<card dir>/<name>_cohort.npy`` and the card's ``cohort``, ``asnorm`` (``top_k`` with the lowest
+    dev EER, ties to minDCF(0.01)), ``calibration`` (``a``, ``b`` fitted on raw dev cosine scores, prior 0.5)
+    and ``operating_points`` (raw and AS-norm, :data:`nestspk.evaluation.OPERATING_POINTS`), all on the card's
+    dev list through :func:`nestspk.evaluation.score_trials`. Returns the saved card.
     """
-    card_path = resolve_card(model_name)
-    card = read_card(card_path)
-    lists = Path(lists_dir) if lists_dir is not None else Path(card["_dir"]) / "lists"
-    embed_fn, _ = _torch_embedder(model_name)
-    emb = build_cohort(model_name, lists / "train.txt", root, segments_per_speaker, seconds, embed_fn=embed_fn)
-    cohort_file = f"{card['name']}_cohort.npy"
-    cohort_path = Path(card["_dir"]) / cohort_file
-    np.save(cohort_path, emb)
-    n_spk = len({s for s, _ in _read_rows(lists / "train.txt")})
-    cohort_entry = {"file": cohort_file, "sha256": sha256_file(cohort_path), "speakers": n_spk,
-                    "segments_per_speaker": segments_per_speaker, "seconds": seconds,
-                    "source": f"{lists.name}/train.txt (training speakers; disjoint from dev/test)"}
-    dev = lists / "dev_trials.txt"
-    raw, labels, _ = score_trials(model_name, dev, root, embed_fn=embed_fn)
-    a, b = fit_calibration(raw, labels)
+    from .evaluation import score_trials
+    from .runtime import make_embedder
+
+    card = model if isinstance(model, ModelCard) else ModelCard.load(model)
+    embedder = make_embedder(card, backend=backend, device="cpu")
+    train = card.list_path("train")
+    emb = build_cohort(embedder, train, root, segments_per_speaker, seconds)
+    cohort_file = f"{card.name}_cohort.npy"
+    cohort_path = card.resolve(cohort_file)
+    tmp = cohort_path.with_name(f".{cohort_file}.tmp.npy")
+    np.save(tmp, emb)
+    dev = card.list_path("dev")
+    raw = score_trials(embedder, dev, root)
+    a, b = fit_calibration(raw.scores, raw.labels)
     best = None
     for k in sorted({min(int(k), emb.shape[0]) for k in top_ks}):
-        s, y, _ = score_trials(model_name, dev, root, "asnorm", Cohort(emb, top_k=k), embed_fn=embed_fn)
-        key = (compute_eer(s, y)[0], compute_min_dcf(s, y, 0.01)[0])
+        res = score_trials(embedder, dev, root, cohort=Cohort(emb, top_k=k))
+        key = (compute_eer(res.scores, res.labels)[0], compute_min_dcf(res.scores, res.labels, 0.01)[0])
         log.info("dev AS-norm top_k=%d: EER %.4f minDCF0.01 %.4f", k, *key)
         if best is None or key < best[0]:
-            best = (key, k, compute_eer(s, y)[1])
-    updates = {
-        "cohort": cohort_entry,
-        "asnorm": {"top_k": best[1], "threshold": best[2], "selected_on": dev.name,
-                   "threshold_source": "AS-norm score at the equal-error-rate point of the dev trials"},
-        "calibration": {"a": a, "b": b, "fitted_on": dev.name, "raw_or_asnorm": "raw", "prior": 0.5},
-    }
-    _write_card_keys(card_path, updates)
-    return updates
+            best = (key, k, res)
+    from .corpus import read_train_list
 
-
-OPERATING_POINTS = {"eer": ("eer", None), "far_0.01": ("far", 0.01), "far_0.001": ("far", 0.001)}
-
-
-def update_operating_points(model: str | os.PathLike, trials: str | os.PathLike = "weights/lists/dev_trials.txt",
-                            root: str | os.PathLike | None = None) -> dict:
-    """Write card key ``operating_points``: thresholds for EER / FAR 1% / FAR 0.1% on ``trials``, raw and AS-norm."""
-    card_path = resolve_card(model)
-    out: dict[str, Any] = {"fitted_on": Path(trials).name}
-    for norm in (None, "asnorm"):
-        scores, labels, _ = score_trials(model, trials, root=root, score_norm=norm)
-        out["asnorm" if norm else "raw"] = {
-            name: threshold_for(scores, labels, target, far=far or 0.01) for name, (target, far) in OPERATING_POINTS.items()}
-    _write_card_keys(Path(card_path), {"operating_points": out})
-    return out
-
-
-def _read_rows(path: Path) -> list[tuple[str, str]]:
-    from .corpus import read_train_list as read_manifest
-
-    return read_manifest(path)
+    n_spk = len({s for s, _ in read_train_list(train)})
+    new = card.replace(
+        cohort={"file": cohort_file, "sha256": sha256_file(tmp), "speakers": n_spk,
+                "segments_per_speaker": segments_per_speaker, "seconds": seconds,
+                "source": f"{card.lists['train']} (training speakers; disjoint from dev/test)"},
+        asnorm={"top_k": best[1], "selected_on": dev.name},
+        calibration={"a": a, "b": b, "fitted_on": dev.name, "raw_or_asnorm": "raw", "prior": 0.5},
+        operating_points={"raw": raw.operating_points(), "asnorm": best[2].operating_points()},
+        operating_points_fitted_on=dev.name,
+    )
+    os.replace(tmp, cohort_path)
+    return ModelCard.load(new.save())
 
 
 # --------------------------------------------------------------------------- CLI
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m nestspk.scoring``: evaluate a trial list (or rebuild a card's cohort/calibration)."""
-    p = argparse.ArgumentParser(prog="python -m nestspk.scoring", description=__doc__.splitlines()[0])
-    p.add_argument("--model", default="nested_4level")
-    p.add_argument("--trials", help="trial list (label path1 path2)")
+    """``python -m nestspk.scoring --update-card``: rebuild a card's cohort, AS-norm top-k, calibration, thresholds.
+
+    (Evaluating a trial list is ``nestspk eval``.)
+    """
+    p = argparse.ArgumentParser(prog="python -m nestspk.scoring", description=main.__doc__.splitlines()[0])
+    p.add_argument("--model", default="nested_4level", help="shipped model name or a .json card")
     p.add_argument("--root", default=None, help="data root (default $NESTSPK_DATA or ../shared/data)")
-    p.add_argument("--score-norm", choices=["none", "asnorm"], default="none")
-    p.add_argument("--top-k", type=int, default=None, help="AS-norm cohort top-k (default: the card's)")
-    p.add_argument("--report-dir", default=None, help="write report.json, det.png, hist.png here")
-    p.add_argument("--threshold", type=float, default=None, help="operating threshold for the report")
-    p.add_argument("--update-card", action="store_true",
-                   help="build the cohort, choose top_k and fit calibration on dev trials; write them to the card")
-    p.add_argument("-v", "--verbose", action="store_true")
+    p.add_argument("--update-card", action="store_true", required=True,
+                   help="build the cohort, choose top_k, fit calibration and operating points on the dev list")
+    p.add_argument("--backend", choices=["torch", "onnx"], default="torch", help="runtime that embeds (CPU)")
+    p.add_argument("-v", "--verbose", action="store_true", help="log progress")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    if args.update_card:
-        result: dict[str, Any] = update_card(args.model, args.root)
-        result["operating_points"] = update_operating_points(args.model, root=args.root)
-    else:
-        if not args.trials:
-            p.error("--trials is required (or --update-card)")
-        cohort = Cohort.from_card(args.model, args.top_k) if args.score_norm == "asnorm" else None
-        result = evaluate_trials(args.model, args.trials, args.root, args.score_norm, cohort,
-                                 report_dir=args.report_dir, threshold=args.threshold)
-    print(json.dumps(result, indent=1))
+    card = update_card(args.model, args.root, backend=args.backend)
+    print(json.dumps({k: card.to_dict()[k] for k in ("cohort", "asnorm", "calibration", "operating_points")}, indent=1))
     return 0
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import threading
 from collections import defaultdict
@@ -21,8 +22,9 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from .audio import SILENCE_PEAK, TARGET_SAMPLE_RATE, audio_info, iter_windows, load_audio
-from .checkpoints import DEFAULT_MODEL
+from .card import PRECISIONS, ModelCard
 from .errors import AudioError, GalleryError, NestspkError
+from .runtime import BACKENDS, Embedder, make_embedder, resolve_backend
 
 log = logging.getLogger(__name__)
 
@@ -36,9 +38,13 @@ AudioInput = Any  # str | os.PathLike | np.ndarray | torch.Tensor
 
 @dataclass(frozen=True)
 class VerificationResult:
-    """Cosine ``score`` in [-1, 1]; ``same_speaker`` is ``score >= threshold``.
+    """One verification decision: ``same_speaker`` is ``score >= threshold``; ``bool(result)`` is ``same_speaker``.
 
-    ``llr`` is the calibrated log-likelihood ratio when the model card carries a calibration.
+    ``score`` is the raw cosine of the two embeddings, in [-1, 1], or with ``score_norm="asnorm"`` the
+    AS-normalised score: each side's cosine standardised against its closest cohort speakers and averaged,
+    so it is unbounded (non-target trials centre near 0 with spread about 1; targets are typically > 2).
+    ``threshold`` is on the same scale. ``llr`` is the calibrated log-likelihood ratio when the model card
+    carries a calibration for that scale, else None.
     """
 
     score: float
@@ -46,171 +52,96 @@ class VerificationResult:
     threshold: float
     llr: float | None = None
 
-
-class TorchEmbedder:
-    """PyTorch runtime: (B, T) float32 16 kHz numpy -> (B, D) L2-normalised numpy.
-
-    On CUDA, a shape seen for the second time is captured into a CUDA graph and
-    replayed from then on (``cuda_graphs=True``): the same fp32 kernels without
-    the per-kernel launch cost, which dominates at batch 1. Up to
-    ``max_graphs`` shapes are kept (least recently used dropped).
-    """
-
-    def __init__(self, model: str | os.PathLike = DEFAULT_MODEL, device: str = "cpu",
-                 cuda_graphs: bool = True, max_graphs: int = 8):
-        import torch
-
-        from .checkpoints import load_model
-
-        self.torch = torch
-        self.device = torch.device(device)
-        self.model, self.card = load_model(model, device)
-        self.use_graphs = cuda_graphs and self.device.type == "cuda"
-        self.max_graphs = max_graphs
-        self._graphs: dict[tuple[int, int], tuple[Any, Any, Any]] = {}
-        self._seen: set[tuple[int, int]] = set()
-        self._graph_lock = threading.Lock()
-
-    def _graph_for(self, shape: tuple[int, int]):
-        torch = self.torch
-        if shape in self._graphs:
-            self._graphs[shape] = self._graphs.pop(shape)  # most recently used last
-            return self._graphs[shape]
-        if shape not in self._seen:
-            self._seen.add(shape)
-            return None
-        static_in = torch.zeros(shape, device=self.device)
-        static_in.normal_(std=0.1)
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side), torch.inference_mode():
-            for _ in range(2):
-                self.model.embed(static_in)
-        torch.cuda.current_stream().wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        with torch.inference_mode(), torch.cuda.graph(graph):
-            static_out = self.model.embed(static_in)
-        if len(self._graphs) >= self.max_graphs:
-            self._graphs.pop(next(iter(self._graphs)))
-        self._graphs[shape] = (graph, static_in, static_out)
-        return self._graphs[shape]
-
-    def embed_batch(self, wav: np.ndarray) -> np.ndarray:
-        torch = self.torch
-        x = torch.from_numpy(np.ascontiguousarray(wav, dtype=np.float32))
-        if self.use_graphs:
-            with self._graph_lock:
-                entry = self._graph_for(tuple(x.shape))
-                if entry is not None:
-                    graph, static_in, static_out = entry
-                    static_in.copy_(x.to(self.device, non_blocking=True))
-                    graph.replay()
-                    return static_out.float().cpu().numpy()
-        with torch.inference_mode():
-            return self.model.embed(x.to(self.device)).float().cpu().numpy()
-
-
-def _resolve_device(device: str, backend: str) -> str:
-    if device != "auto":
-        if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
-            raise ValueError(f"device must be 'auto', 'cpu' or 'cuda[:N]', got {device!r}")
-        return device
-    if backend == "torch":
-        import torch
-
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    import onnxruntime as ort
-
-    # onnxruntime-gpu lists CUDAExecutionProvider even on machines without a GPU: also require the driver.
-    return "cuda" if "CUDAExecutionProvider" in ort.get_available_providers() and _cuda_driver_present() else "cpu"
-
-
-def _cuda_driver_present() -> bool:
-    """True when the NVIDIA driver library loads (a GPU machine)."""
-    import ctypes
-
-    for name in ("libcuda.so.1", "nvcuda.dll"):
-        try:
-            ctypes.CDLL(name)
-            return True
-        except OSError:
-            continue
-    return False
+    def __bool__(self) -> bool:
+        return bool(self.same_speaker)
 
 
 class Verifier:
     """Speaker verification with a trained encoder.
 
     Args:
-        model: shipped model name (``"nested"``/``"nested_4level"``, ``"resnetse34l"``/``"resnetse34l_asp"``)
-            or a path to a model card ``.json`` (weights file named in it, next to it).
-        device: ``"auto"`` (CUDA when available), ``"cpu"`` or ``"cuda"``.
-        backend: ``"torch"`` or ``"onnx"`` (onnxruntime; needs no torch).
-        threshold: decision threshold: a number on the score scale, or an operating point measured on the
-            dev trials and stored in the card: ``"eer"`` (default), ``"far_0.01"`` or ``"far_0.001"``
-            (false-accept rate 1% / 0.1%).
+        model: shipped model name (``"nested"``/``"nested_4level"``, ``"resnetse34l"``/``"resnetse34l_asp"``),
+            a path to a model card ``.json`` (weights named in it, beside it) or a :class:`~nestspk.card.ModelCard`.
+        device: ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``. Asking for CUDA on a
+            machine without a usable GPU raises :class:`~nestspk.runtime.BackendError`.
+        backend: ``"auto"`` (default: onnxruntime on CPU, needing no torch; torch on CUDA), ``"torch"`` or
+            ``"onnx"``. A backend whose package is missing raises an error naming the extra to install.
+        threshold: decision threshold: a number on the score scale (finite; within [-1, 1] for raw cosine), or
+            an operating point measured on the dev trials and stored in the card: ``"eer"`` (the default),
+            ``"far_0.01"`` or ``"far_0.001"`` (false-accept rate 1% / 0.1%). With ``precision="int8"`` the
+            int8 file's own operating points are used when the card has them.
         score_norm: ``None`` or ``"asnorm"`` (adaptive s-norm with the cohort shipped next to the weights).
-        intra_op_threads: onnxruntime intra-op threads (onnx backend only).
-        precision: ``"fp32"`` (default, exact) or ``"int8"``: the quantised ONNX file for CPU (onnx backend only;
-            about 1.5x faster on 2 CPU threads; its cosine to fp32 and EER are in the card's ``onnx_int8_*`` keys).
+        intra_op_threads: CPU intra-op threads of either backend (default
+            :data:`~nestspk.runtime.DEFAULT_CPU_THREADS`; torch's setting is process-wide).
+        precision: ``"fp32"`` (default, exact) or ``"int8"``: the quantised ONNX file for CPU (onnx backend;
+            its cosine to fp32, EER and operating points are in the card's ``exports.int8``).
+        cuda_graphs: torch on CUDA: replay repeated input shapes as CUDA graphs (default True).
     """
 
-    def __init__(self, model: str | os.PathLike = "nested", device: str = "auto", backend: str = "torch",
-                 threshold: float | str | None = None, score_norm: str | None = None,
-                 intra_op_threads: int | None = None, precision: str = "fp32"):
-        if backend not in ("torch", "onnx"):
-            raise ValueError(f"backend must be 'torch' or 'onnx', got {backend!r}")
-        if precision not in ("fp32", "int8"):
-            raise ValueError(f"precision must be 'fp32' or 'int8', got {precision!r}")
-        if precision == "int8" and backend != "onnx":
-            raise ValueError("precision='int8' needs backend='onnx' (the int8 model is an ONNX Runtime file)")
+    def __init__(self, model: "str | os.PathLike | ModelCard" = "nested", device: str = "auto",
+                 backend: str = "auto", threshold: float | str | None = None, score_norm: str | None = None,
+                 intra_op_threads: int | None = None, precision: str = "fp32", cuda_graphs: bool = True):
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
         if score_norm not in (None, "asnorm"):
             raise ValueError(f"score_norm must be None or 'asnorm', got {score_norm!r}")
-        self.backend = backend
-        self.precision = precision
-        self.device = _resolve_device(device, backend)
-        if backend == "torch":
-            self._runtime = TorchEmbedder(model, self.device)
+        if precision != "fp32":
+            if backend == "torch":
+                raise ValueError(f"precision={precision!r} needs backend='onnx' (the {precision} model is an "
+                                 "ONNX Runtime file)")
+            backend = "onnx"
+        options: dict[str, Any] = {"intra_op_threads": intra_op_threads}
+        resolved, _ = resolve_backend(backend, device)
+        if resolved == "onnx":
+            if precision != "fp32":
+                options["precision"] = precision
         else:
-            from .onnx import OnnxBackendError, OnnxEmbedder
-
-            try:
-                self._runtime = OnnxEmbedder(model, device=self.device, intra_op_threads=intra_op_threads,
-                                             precision=precision)
-            except OnnxBackendError as e:
-                if device != "auto":
-                    raise
-                log.warning("onnxruntime cannot use CUDA here (%s); running on CPU", str(e)[:200])
-                self.device = "cpu"
-                self._runtime = OnnxEmbedder(model, device="cpu", intra_op_threads=intra_op_threads,
-                                             precision=precision)
-        self.card: dict = self._runtime.card
-        self.model_name: str = self.card["name"]
-        self.embed_dim: int = int(self.card["embed_dim"])
+            options["cuda_graphs"] = cuda_graphs
+        card = model if isinstance(model, ModelCard) else ModelCard.load(model)
+        self.embedder: Embedder = make_embedder(card, backend=resolved, device=device, **options)
+        self.backend: str = self.embedder.backend
+        self.precision = precision
+        self.device: str = str(self.embedder.device)
+        self.card: ModelCard = card
+        self.model_name: str = card.name
+        self.embed_dim: int = card.embed_dim
         self.score_norm = score_norm
         self._cohort = None
         if score_norm == "asnorm":
             from .scoring import Cohort
 
-            self._cohort = Cohort.from_card(self.card)
+            self._cohort = Cohort.from_card(card)
         self.threshold = self._resolve_threshold(threshold)
         self._gallery: dict[str, np.ndarray] = {}
         self._gallery_counts: dict[str, int] = {}
         self._lock = threading.Lock()
 
+    @property
+    def _runtime(self) -> Embedder:
+        """The embedder (earlier private name; use :attr:`embedder`)."""
+        return self.embedder
+
+    @property
+    def scale(self) -> str:
+        """Score scale of :meth:`verify`: ``"raw"`` (cosine) or ``"asnorm"``."""
+        return "asnorm" if self._cohort is not None else "raw"
+
     def _resolve_threshold(self, threshold: float | str | None) -> float:
-        scale = "asnorm" if self._cohort is not None else "raw"
         if threshold is None:
-            if scale == "raw":
-                return float(self.card["threshold"])
             threshold = "eer"
         if isinstance(threshold, str):
-            points = self.card.get("operating_points", {}).get(scale, {})
-            if threshold not in points:
-                raise ValueError(f"unknown operating point {threshold!r} for {scale} scores of {self.model_name}; "
-                                 f"the card has {sorted(points)} (or pass a number)")
-            return float(points[threshold])
-        return float(threshold)
+            return self.card.threshold(threshold, self.scale, self.precision)
+        if isinstance(threshold, bool) or not isinstance(threshold, (int, float, np.floating, np.integer)):
+            raise TypeError(f"threshold must be a number or an operating-point name, got {threshold!r:.80}")
+        t = float(threshold)
+        if not math.isfinite(t):
+            raise ValueError(f"threshold must be finite, got {t}")
+        if self.scale == "raw" and not -1.0 <= t <= 1.0:
+            raise ValueError(f"threshold {t} is outside [-1, 1], the range of raw cosine scores "
+                             "(AS-norm scores are unbounded: pass score_norm='asnorm' for those)")
+        return t
 
     def __repr__(self) -> str:
         extra = f", precision={self.precision!r}" if self.precision != "fp32" else ""
@@ -239,7 +170,7 @@ class Verifier:
         return [wav[s:s + win] for s in starts]
 
     def _run(self, windows: list[np.ndarray]) -> np.ndarray:
-        embs = self._runtime.embed_batch(np.stack(windows))
+        embs = self.embedder.embed_batch(np.stack(windows))
         if not np.isfinite(embs).all():
             raise NestspkError("the encoder produced a non-finite embedding; please report this input")
         return embs.astype(np.float64)
@@ -300,9 +231,9 @@ class Verifier:
         """Are ``a`` and ``b`` spoken by the same person?"""
         ea, eb = self.embed_batch([a, b], sample_rate=sample_rate)
         score = float(self.score_embeddings(ea, eb))
-        cal = self.card.get("calibration")
+        cal = self.card.calibration
         llr = None
-        if cal and cal.get("raw_or_asnorm", "raw") == ("asnorm" if self._cohort is not None else "raw"):
+        if cal and cal.get("raw_or_asnorm", "raw") == self.scale:
             llr = float(cal["a"] * score + cal["b"])
         return VerificationResult(score=score, same_speaker=score >= self.threshold, threshold=self.threshold, llr=llr)
 

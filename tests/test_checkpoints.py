@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from nestspk.checkpoints import load_model, read_card, sha256_file, weights_dir
+from nestspk.card import ModelCard
+from nestspk.checkpoints import load_model, sha256_file, weights_dir
 from nestspk.errors import NestspkError, WeightsError
 
 NAME = "nested_4level"
@@ -50,8 +51,8 @@ class _Payload:
 def test_intact_copy_loads(tmp_path: Path) -> None:
     """Control: the untouched copy loads, so the failures below come from the damage."""
     net, card = load_model(_copy(tmp_path, ".pt"))
-    assert card["name"] == NAME and not net.training
-    assert sha256_file(tmp_path / f"{NAME}.pt") == card["sha256"]
+    assert card.name == NAME and not net.training
+    assert sha256_file(tmp_path / f"{NAME}.pt") == card.weights.sha256
 
 
 def test_tampered_byte_rejected(tmp_path: Path) -> None:
@@ -110,7 +111,7 @@ def test_card_not_json_or_incomplete(tmp_path: Path, text: str) -> None:
     card = tmp_path / "broken.json"
     card.write_text(text, encoding="latin-1")
     with pytest.raises(WeightsError, match=r"broken\.json"):
-        read_card(card)
+        ModelCard.load(card)
     with pytest.raises(WeightsError):
         load_model(card)
 
@@ -122,7 +123,7 @@ def test_card_missing(tmp_path: Path) -> None:
 
 def test_onnx_tampered_rejected(tmp_path: Path) -> None:
     pytest.importorskip("onnxruntime")
-    from nestspk.onnx import OnnxEmbedder
+    from nestspk.runtime.onnx_runtime import OnnxEmbedder
 
     card = _copy(tmp_path, ".onnx")
     OnnxEmbedder(card)  # control: the intact copy loads

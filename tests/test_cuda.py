@@ -15,11 +15,11 @@ def test_cuda_graph_fast_path_matches_eager_and_cpu(model, librispeech_files):
     wavs = [sf.read(f, dtype="float32")[0][:16000 * 3] for f in librispeech_files[:4]]
     cpu = Verifier(model, device="cpu").embed_batch(wavs)
     v = Verifier(model, device="cuda")
-    assert v._runtime.use_graphs
+    assert v.embedder.cuda_graphs
     first = v.embed_batch(wavs)     # eager (shape seen once)
     second = v.embed_batch(wavs)    # captured + replayed
     third = v.embed_batch(wavs[::-1])[::-1]  # replay with new data
-    assert v._runtime._graphs, "no CUDA graph was captured"
+    assert v.embedder._graphs, "no CUDA graph was captured"
     for e in (first, second, third):
         cos = np.sum(e * cpu, axis=1)
         assert cos.min() > 1 - 1e-4, cos
@@ -36,4 +36,11 @@ def test_onnx_cuda_backend_or_clear_error():
     except NestspkError as e:
         assert "CUDA" in str(e)
         pytest.skip(f"onnxruntime CUDA EP unavailable here: {e}")
-    assert v._runtime.providers[0] == "CUDAExecutionProvider"
+    assert v.embedder.providers[0] == "CUDAExecutionProvider"
+
+
+def test_cuda_index_and_graph_option():
+    from nestspk import Verifier
+
+    v = Verifier("nested", device="cuda:0", cuda_graphs=False)
+    assert v.backend == "torch" and v.device == "cuda:0" and not v.embedder.cuda_graphs

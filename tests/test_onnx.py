@@ -9,17 +9,16 @@ import json
 import logging
 import os
 import shutil
-import subprocess
-import sys
-import textwrap
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from nestspk.checkpoints import read_card, resolve_card, sha256_file, weights_dir
+from nestspk.card import ModelCard, resolve_card, sha256_file, weights_dir
 from nestspk.errors import NestspkError, WeightsError
-from nestspk.onnx import INPUT_NAME, OUTPUT_NAME, OnnxBackendError, OnnxEmbedder, main
+from nestspk.export import main
+from nestspk.runtime.onnx_runtime import INPUT_NAME, OUTPUT_NAME, OnnxBackendError, OnnxEmbedder
+from torchless import TORCH_LOADED, run_without_torch
 
 log = logging.getLogger(__name__)
 
@@ -44,10 +43,10 @@ def clips() -> list[np.ndarray]:
     return [load_audio(str(f)) for f in _clip_files(4)]
 
 
-def _shipped_card(name: str) -> dict:
-    card = read_card(resolve_card(name))
-    if "onnx_file" not in card:
-        pytest.fail(f"{name} card has no onnx_file; run export/export_all.sh")
+def _shipped_card(name: str) -> ModelCard:
+    card = ModelCard.load(name)
+    if "fp32" not in card.exports:
+        pytest.fail(f"{name} card has no fp32 export; run export/export_all.sh")
     return card
 
 
@@ -88,7 +87,7 @@ def test_export_has_dynamic_batch_and_time(tmp_path: Path) -> None:
     import torch
 
     from nestspk.models import build_model
-    from nestspk.onnx import export_onnx
+    from nestspk.export import export_onnx
 
     torch.manual_seed(0)
     model = build_model("nested", {"channels": [8, 16, 16, 32], "blocks": [1, 1, 1, 1],
@@ -125,7 +124,7 @@ def test_export_with_direct_front_end(tmp_path: Path) -> None:
     import torch
 
     from nestspk.models import build_model
-    from nestspk.onnx import export_onnx
+    from nestspk.export import export_onnx
 
     torch.manual_seed(0)
     model = build_model("nested", {"channels": [8, 16, 16, 32], "blocks": [1, 1, 1, 1],
@@ -144,10 +143,10 @@ def test_export_with_direct_front_end(tmp_path: Path) -> None:
 @pytest.mark.parametrize("name", SHIPPED)
 def test_shipped_onnx_matches_card_sha256(name: str) -> None:
     card = _shipped_card(name)
-    path = Path(card["_dir"]) / card["onnx_file"]
+    path = card.resolve(card.exports["fp32"].file)
     assert path.parent == weights_dir() and path.is_file()
-    assert sha256_file(path) == card["onnx_sha256"]
-    parity = card.get("onnx_parity")
+    assert sha256_file(path) == card.exports["fp32"].sha256
+    parity = card.exports["fp32"].parity
     assert parity and parity["cosine_min"] >= 0.9999, parity
     import onnx
 
@@ -157,16 +156,16 @@ def test_shipped_onnx_matches_card_sha256(name: str) -> None:
 
 def test_tampered_onnx_is_rejected(tmp_path: Path) -> None:
     card = _shipped_card("nested_4level")
-    src = Path(card["_dir"]) / card["onnx_file"]
+    src = card.resolve(card.exports["fp32"].file)
     shutil.copy(resolve_card("nested_4level"), tmp_path / "nested_4level.json")
-    dst = tmp_path / card["onnx_file"]
+    dst = tmp_path / card.exports["fp32"].file
     data = bytearray(src.read_bytes())
     data[len(data) // 2] ^= 0x01
     dst.write_bytes(bytes(data))
     with pytest.raises(WeightsError, match="sha256"):
         OnnxEmbedder(tmp_path / "nested_4level.json")
     dst.write_bytes(src.read_bytes())  # the untouched copy loads
-    assert OnnxEmbedder(tmp_path / "nested_4level.json").card["name"] == "nested_4level"
+    assert OnnxEmbedder(tmp_path / "nested_4level.json").card.name == "nested_4level"
 
 
 def test_card_without_onnx_file_is_a_clear_error(tmp_path: Path) -> None:
@@ -236,30 +235,20 @@ def test_embed_batch_rejects_bad_shapes() -> None:
 def test_onnx_embedder_runs_without_torch() -> None:
     clip = _clip_files(1)[0]
     _shipped_card("nested_4level")
-    script = textwrap.dedent(f"""
-        import sys
-
-        class BlockTorch:
-            def find_spec(self, name, path=None, target=None):
-                if name.split(".")[0] in ("torch", "torchaudio"):
-                    raise ImportError("torch is blocked in this test: " + name)
-                return None
-
-        sys.meta_path.insert(0, BlockTorch())
+    res = run_without_torch(f"""
         import numpy as np
         from nestspk.audio import load_audio
-        from nestspk.onnx import OnnxEmbedder
+        from nestspk.runtime.onnx_runtime import OnnxEmbedder
 
         emb = OnnxEmbedder("nested_4level", intra_op_threads=2)
         wav = load_audio({str(clip)!r})
         out = emb.embed_batch(np.stack([wav, wav]))
         assert out.shape == (2, 512) and out.dtype == np.float32, out.shape
         assert abs(float(np.linalg.norm(out[0])) - 1.0) < 1e-5
-        loaded = sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "torchaudio"))
+        loaded = {TORCH_LOADED}
         assert not loaded, loaded
         print("ok", emb.providers[0])
     """)
-    res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, cwd=REPO)
     assert res.returncode == 0 and "ok CPUExecutionProvider" in res.stdout, res.stdout + res.stderr[-3000:]
 
 
@@ -271,20 +260,20 @@ def test_cli_error_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
 
 def test_auto_device_uses_cpu_when_cuda_cannot_run(monkeypatch: pytest.MonkeyPatch, caplog) -> None:
     """onnxruntime-gpu lists CUDAExecutionProvider on GPU-less machines; device='auto' must still work."""
-    import nestspk.verifier as verifier_mod
+    import nestspk.runtime as runtime_mod
     from nestspk.verifier import Verifier
 
-    if verifier_mod._cuda_driver_present():
+    if runtime_mod.cuda_driver_present():
         pytest.skip("a GPU machine: auto may pick CUDA")
     assert Verifier(backend="onnx").device == "cpu"
     # driver present but the CUDA EP cannot load (e.g. cuDNN missing): warn and run on CPU
-    monkeypatch.setattr(verifier_mod, "_cuda_driver_present", lambda: True)
+    monkeypatch.setattr(runtime_mod, "cuda_driver_present", lambda: True)
     import onnxruntime as ort
 
     monkeypatch.setattr(ort, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
-    with caplog.at_level(logging.WARNING, logger="nestspk.verifier"):
+    with caplog.at_level(logging.WARNING, logger="nestspk.runtime"):
         v = Verifier(backend="onnx")
-    assert v.device == "cpu" and v._runtime.providers == ["CPUExecutionProvider"]
+    assert v.device == "cpu" and v.embedder.providers == ["CPUExecutionProvider"]
     assert "running on CPU" in caplog.text
     with pytest.raises(OnnxBackendError):
         Verifier(backend="onnx", device="cuda")

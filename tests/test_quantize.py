@@ -17,9 +17,9 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from nestspk.audio import load_audio
-from nestspk.checkpoints import read_card, resolve_card, sha256_file
+from nestspk.card import ModelCard, resolve_card, sha256_file
 from nestspk.errors import NestspkError, WeightsError
-from nestspk.onnx import OnnxEmbedder
+from nestspk.runtime.onnx_runtime import OnnxEmbedder
 from nestspk.quantize import calibration_crops, quantize_onnx, rewrite_se_means
 from nestspk.verifier import Verifier
 
@@ -63,12 +63,13 @@ def test_other_reduce_means_are_left_alone(axes: list[int], keepdims: int) -> No
 
 @pytest.mark.parametrize("name", SHIPPED)
 def test_shipped_int8_card_records_parity_and_eer(name: str) -> None:
-    card = read_card(resolve_card(name))
-    path = Path(card["_dir"]) / card["onnx_int8_file"]
-    assert sha256_file(path) == card["onnx_int8_sha256"]
-    assert card["onnx_int8_parity"]["cosine_min"] >= 0.98
+    card = ModelCard.load(name)
+    int8_export = card.export("int8")
+    path = card.resolve(int8_export.file)
+    assert sha256_file(path) == int8_export.sha256
+    assert int8_export.parity["cosine_min"] >= 0.98
     for split in ("dev", "test"):
-        fp32, int8 = card["metrics"][split]["eer"], card["onnx_int8_metrics"][split]["eer"]
+        fp32, int8 = card.metrics[split]["eer"], int8_export.metrics[split]["eer"]
         # a broken quantisation shows up as tens of points; 2 points = a few trials on these lists
         assert abs(int8 - fp32) <= 0.02, (split, fp32, int8)
 
@@ -109,12 +110,12 @@ def test_int8_needs_onnx_backend_and_a_known_precision() -> None:
 
 
 def test_tampered_int8_file_is_rejected(tmp_path: Path) -> None:
-    card = read_card(resolve_card("nested_4level"))
+    card = ModelCard.load("nested_4level")
     shutil.copy(resolve_card("nested_4level"), tmp_path / "nested_4level.json")
-    src = Path(card["_dir"]) / card["onnx_int8_file"]
+    src = card.resolve(card.export("int8").file)
     data = bytearray(src.read_bytes())
     data[len(data) // 3] ^= 0x10
-    (tmp_path / card["onnx_int8_file"]).write_bytes(bytes(data))
+    (tmp_path / card.export("int8").file).write_bytes(bytes(data))
     with pytest.raises(WeightsError, match="sha256"):
         OnnxEmbedder(tmp_path / "nested_4level.json", precision="int8")
 
@@ -124,21 +125,21 @@ def test_card_without_int8_file_says_how_to_make_one(tmp_path: Path) -> None:
     for k in [k for k in raw if k.startswith("onnx_int8")]:
         del raw[k]
     (tmp_path / "c.json").write_text(json.dumps(raw))
-    shutil.copy(Path(read_card(resolve_card("nested_4level"))["_dir"]) / raw["onnx_file"], tmp_path / raw["onnx_file"])
+    shutil.copy(ModelCard.load("nested_4level").resolve(raw["onnx_file"]), tmp_path / raw["onnx_file"])
     with pytest.raises(WeightsError, match="--int8"):
         OnnxEmbedder(tmp_path / "c.json", precision="int8")
 
 
 def test_quantize_pipeline_on_shipped_export(tmp_path: Path, example_files: dict[str, Path]) -> None:
     """Re-run the quantiser (calibrated on the bundled examples) and check it stays close to fp32."""
-    card = read_card(resolve_card("nested_4level"))
+    card = ModelCard.load("nested_4level")
     manifest = tmp_path / "cal.txt"
     root = next(iter(example_files.values())).parent
     manifest.write_text("".join(f"s{i} {p.name}\n" for i, p in enumerate(example_files.values())))
     crops = calibration_crops(manifest, root, count=3, seconds=8.0, seed=0)
     assert len(crops) == 3 and all(0 < len(c) <= 128000 for c in crops)
     assert all(np.array_equal(a, b) for a, b in zip(crops, calibration_crops(manifest, root, count=3)))
-    out = quantize_onnx(Path(card["_dir"]) / card["onnx_file"], tmp_path / "q.onnx", crops)
+    out = quantize_onnx(card.resolve(card.export("fp32").file), tmp_path / "q.onnx", crops)
     types = {n.op_type for n in onnx.load(str(out)).graph.node}
     assert {"QuantizeLinear", "DequantizeLinear"} <= types
     sess = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
@@ -149,6 +150,6 @@ def test_quantize_pipeline_on_shipped_export(tmp_path: Path, example_files: dict
 
 
 def test_quantize_without_calibration_audio_is_an_error(tmp_path: Path) -> None:
-    card = read_card(resolve_card("nested_4level"))
+    card = ModelCard.load("nested_4level")
     with pytest.raises(NestspkError, match="calibration"):
-        quantize_onnx(Path(card["_dir"]) / card["onnx_file"], tmp_path / "q.onnx", [])
+        quantize_onnx(card.resolve(card.export("fp32").file), tmp_path / "q.onnx", [])

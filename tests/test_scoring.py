@@ -121,15 +121,15 @@ def test_cohort_validation_errors(tmp_path) -> None:
 
 @pytest.mark.parametrize("name", ["nested_4level", "resnetse34l_asp"])
 def test_shipped_cohorts_load(name: str) -> None:
-    from nestspk.checkpoints import read_card, resolve_card
+    from nestspk.card import ModelCard
 
-    card = read_card(resolve_card(name))
-    if "cohort" not in card:
+    card = ModelCard.load(name)
+    if card.cohort is None:
         pytest.skip("card has no cohort yet")
     c = Cohort.from_card(name)
-    assert c.dim == card["embed_dim"] and c.size == card["cohort"]["speakers"] * card["cohort"]["segments_per_speaker"]
-    assert c.top_k == card["asnorm"]["top_k"]
-    assert math.isfinite(card["calibration"]["a"]) and card["calibration"]["a"] > 0
+    assert c.dim == card.embed_dim and c.size == card.cohort["speakers"] * card.cohort["segments_per_speaker"]
+    assert c.top_k == card.asnorm["top_k"]
+    assert math.isfinite(card.calibration["a"]) and card.calibration["a"] > 0
 
 
 def test_scoring_imports_without_torch() -> None:

@@ -15,7 +15,7 @@ def test_examples_same_and_different(nested_verifier, example_files):
     assert isinstance(same, VerificationResult)
     assert same.same_speaker and not diff.same_speaker
     assert same.score > diff.score
-    assert same.threshold == pytest.approx(nested_verifier.card["threshold"])
+    assert same.threshold == nested_verifier.card.operating_points["raw"]["eer"]  # exactly the card's EER point
 
 
 def test_embed_inputs_agree(nested_verifier, example_files):
@@ -125,11 +125,11 @@ def test_enroll_identify_gallery_round_trip(nested_verifier, example_files, tmp_
 def test_operating_points_from_the_card(example_files):
     v = Verifier("nested", device="cpu")
     strict = Verifier("nested", device="cpu", threshold="far_0.001")
-    points = v.card["operating_points"]["raw"]
-    assert v.threshold == pytest.approx(points["eer"], abs=1e-3)
+    points = v.card.operating_points["raw"]
+    assert v.threshold == points["eer"]
     assert strict.threshold == points["far_0.001"] > points["far_0.01"] > v.threshold
     asn = Verifier("nested", device="cpu", score_norm="asnorm", threshold="far_0.01")
-    assert asn.threshold == v.card["operating_points"]["asnorm"]["far_0.01"]
+    assert asn.threshold == v.card.operating_points["asnorm"]["far_0.01"]
     r = asn.verify(example_files["a1"], example_files["a2"])
     assert r.same_speaker and r.llr is None  # calibration is fitted on raw scores only
     with pytest.raises(ValueError, match="operating point"):
