@@ -163,14 +163,12 @@ def describe_input(source: Any) -> str:
         return f"<bytes len={len(value)}>"
     if kind == "fileobj":
         return _fileobj_label(value)
-    shape = getattr(source, "shape", None)
-    dtype = getattr(source, "dtype", None)
-    if shape is not None:
-        try:
-            return _array_label(tuple(shape), dtype)
-        except TypeError:
-            pass
-    return f"<{type(source).__name__}>"
+    try:  # a label must never fail: nested tensors, for one, raise on .shape
+        if getattr(source, "is_nested", False):
+            return f"<nested {type(source).__name__}>"
+        return _array_label(tuple(source.shape), source.dtype)
+    except Exception:  # noqa: BLE001
+        return f"<{type(source).__name__}>"
 
 
 def _fileobj_label(f: Any) -> str:
@@ -465,6 +463,7 @@ class AudioSource:
     def __init__(self) -> None:  # use open_audio()
         self._wav: np.ndarray | None = None
         self._open: Any = None
+        self._raw = False  # a stream of unknown length: read with _raw_read
 
     @property
     def num_samples(self) -> int:
@@ -500,7 +499,7 @@ class AudioSource:
         with self._soundfile() as f:
             while pos < n:
                 count = min(_READ_BLOCK, n - pos)
-                block = _read_block(f, count, self.label, pos, self.sample_rate)
+                block = _read_block(f, count, self.label, pos, self.sample_rate, self._raw)
                 out[pos:pos + count] = block
                 pos += count
         _check_silence(float(np.max(np.abs(out))), self.label)
@@ -530,7 +529,7 @@ class AudioSource:
             orig, new = _reduced(sr, TARGET_SAMPLE_RATE)
         width = _sinc_kernel(orig, new)[1] if orig != new else 0
         with self._soundfile() as f:
-            reader = _StreamReader(f, self.label, n_in, sr)
+            reader = _StreamReader(f, self.label, n_in, sr, self._raw)
             logger.debug("%s: %d windows of %d samples (sr=%d Hz)", self.label, len(starts), win, sr)
             count = len(starts)
             for k in range(count):
@@ -546,10 +545,23 @@ class AudioSource:
             _check_silence(reader.peak, self.label)
 
 
-def _read_block(f: sf.SoundFile, count: int, label: str, pos: int, sr: int) -> np.ndarray:
+def _raw_read(f: sf.SoundFile, count: int) -> np.ndarray:
+    """Up to ``count`` frames ``(n, channels)`` float32 straight from libsndfile.
+
+    For streams of unknown length: ``SoundFile.read`` seeks to the new position after each read,
+    and that seek fails at (or past) the end of such a stream although the frames were decoded.
+    """
+    out = np.empty((count, f.channels), dtype=np.float32)
+    n = sf._snd.sf_readf_float(f._file, sf._ffi.cast("float *", out.ctypes.data), count)
+    if n < 0 or (n == 0 and f._errorcode):
+        raise RuntimeError(sf._ffi.string(sf._snd.sf_error_number(f._errorcode)).decode("utf-8", "replace"))
+    return out[:n]
+
+
+def _read_block(f: sf.SoundFile, count: int, label: str, pos: int, sr: int, raw: bool = False) -> np.ndarray:
     """``count`` validated mono frames from ``f``; AudioError for a short read (truncated file)."""
     try:
-        data = f.read(count, dtype="float32", always_2d=True)
+        data = _raw_read(f, count) if raw else f.read(count, dtype="float32", always_2d=True)
     except _SF_ERRORS as exc:
         raise AudioError(f"{label}: cannot read audio file ({_short(str(exc), 160)})") from exc
     if data.shape[0] != count:
@@ -564,7 +576,7 @@ def _count_frames(f: sf.SoundFile, label: str) -> int:
     total = 0
     while True:
         try:
-            data = f.read(_READ_BLOCK, dtype="float32", always_2d=True)
+            data = _raw_read(f, _READ_BLOCK)
         except _SF_ERRORS as exc:
             raise AudioError(f"{label}: cannot read audio file ({_short(str(exc), 160)})") from exc
         total += data.shape[0]
@@ -620,7 +632,8 @@ def open_audio(source: Any, sample_rate: int | None = None, *, name: str | None 
         sr = _check_sample_rate(int(f.samplerate), label)
         frames = int(f.frames)
         channels = int(f.channels)
-        if frames >= _UNKNOWN_FRAMES or frames < 0:
+        src._raw = frames >= _UNKNOWN_FRAMES or frames < 0
+        if src._raw:
             frames = _count_frames(f, label)
             logger.debug("%s: stream of unknown length holds %d frames", label, frames)
     if requested is not None and requested != sr:
@@ -832,8 +845,9 @@ class _StreamReader:
     is validated (:func:`_check_values`); ``peak`` is the largest magnitude seen.
     """
 
-    def __init__(self, f: sf.SoundFile, label: str, n: int, sr: int) -> None:
+    def __init__(self, f: sf.SoundFile, label: str, n: int, sr: int, raw: bool = False) -> None:
         self._f = f
+        self._raw = raw
         self._label = label
         self._n = n
         self._sr = sr
@@ -849,7 +863,7 @@ class _StreamReader:
         out = []
         while count > 0:
             step = min(count, 1 << 20)
-            block = _read_block(self._f, step, self._label, self._pos, self._sr)
+            block = _read_block(self._f, step, self._label, self._pos, self._sr, self._raw)
             if block.size:
                 self.peak = max(self.peak, float(np.max(np.abs(block))))
             self._pos += step
