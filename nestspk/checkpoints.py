@@ -66,7 +66,7 @@ def read_card(card_path: str | Path) -> dict[str, Any]:
     card_path = Path(card_path)
     try:
         card = json.loads(card_path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
         raise WeightsError(f"{card_path}: unreadable model card ({e})") from e
     for key in ("name", "model", "model_options", "frontend", "weights_file", "sha256", "threshold"):
         if key not in card:

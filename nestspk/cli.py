@@ -321,7 +321,9 @@ def _read_trials(path: str) -> list[tuple[int, str, str]]:
     for i, (_, x, y) in enumerate(trials, 1):
         for spec in (x, y):
             try:
-                split_segment(spec)
+                _, start, end = split_segment(spec)
+                if start is not None and not 0 <= start < end:
+                    raise ValueError("need 0 <= START < END")
             except ValueError as e:
                 raise InputError(f"{_label(p)}: trial {i}: bad segment {spec[:80]!r} ({e})") from e
     return trials

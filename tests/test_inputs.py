@@ -227,3 +227,48 @@ def test_generators_and_bad_batch_arguments(nested_verifier, speech: np.ndarray)
         with pytest.raises(InputError):
             nested_verifier.embed_batch(bad)
     assert all(issubclass(InputError, c) for c in (NestspkError, ValueError, TypeError))
+
+
+def test_verifier_identify_threshold_remove_and_top_k(nested_verifier, example_files) -> None:
+    from nestspk.gallery import UNKNOWN, Gallery
+
+    v = nested_verifier
+    v.gallery = Gallery(v.embed_dim, v.model_name)
+    v.enroll("a", example_files["a1"])
+    v.enroll("b", example_files["b"])
+    assert v.identify(example_files["a2"], top_k=1)[0][0] == "a"
+    assert v.identify(example_files["a2"], threshold=0.999) == [(UNKNOWN, pytest.approx(
+        v.identify(example_files["a2"], top_k=1)[0][1]))]
+    for k in (0, 2.5, "3", True):
+        with pytest.raises(InputError, match="top_k"):
+            v.identify(example_files["a2"], top_k=k)
+    v.remove("a")
+    assert v.speakers == ["b"]
+
+
+_RUNTIME_CARD = pytest.mark.xfail(strict=True, reason="typed ModelCard lands from the runtime branch")
+
+
+@pytest.mark.parametrize("kind", [
+    "not_object", "options_str", "unknown_arch", "deep_json",
+    pytest.param("no_embed_dim", marks=_RUNTIME_CARD), pytest.param("frontend_int", marks=_RUNTIME_CARD),
+    pytest.param("name_int", marks=_RUNTIME_CARD)])
+def test_malformed_cards_name_the_card(tmp_path: Path, kind: str) -> None:
+    import json
+
+    from nestspk import Verifier
+
+    repo = Path(__file__).resolve().parent.parent
+    card = json.loads((repo / "weights" / "nested_4level.json").read_text())
+    (tmp_path / "nested_4level.pt").symlink_to(repo / "weights" / "nested_4level.pt")
+    text = {"not_object": lambda: "[1, 2]", "deep_json": lambda: "[" * 100000 + "]" * 100000,
+            "options_str": lambda: json.dumps(card | {"model_options": "x"}),
+            "unknown_arch": lambda: json.dumps(card | {"model": "zzz"}),
+            "no_embed_dim": lambda: json.dumps({k: v for k, v in card.items() if k != "embed_dim"}),
+            "frontend_int": lambda: json.dumps(card | {"frontend": 5}),
+            "name_int": lambda: json.dumps(card | {"name": 7})}[kind]()
+    p = tmp_path / "mine.json"
+    p.write_text(text)
+    with pytest.raises(NestspkError) as ei:
+        Verifier(str(p), device="cpu", backend="torch")
+    assert str(p) in str(ei.value) or card["name"] in str(ei.value)
