@@ -194,3 +194,17 @@ def test_own_output_may_be_replaced_foreign_needs_force(wavs, tmp_path: Path, ca
     rc, _, err = _run(["embed", wavs[0], "-o", wavs[0], "--device", "cpu", "--force"], capsys)
     assert rc == 2 and "would overwrite the input" in err
     assert cli.EMBEDDINGS_FORMAT == json.loads((tmp_path / "f.npy.json").read_text())["format"]
+
+
+def test_embed_non_utf8_file_names(tmp_path: Path, speech: np.ndarray, capsys) -> None:
+    import os
+
+    d = tmp_path / "names"
+    d.mkdir()
+    raw = os.fsencode(str(d)) + b"/caf\xe9.flac"
+    with open(raw, "wb") as f:
+        sf.write(f, speech[:32000], 16000, format="FLAC")
+    out = tmp_path / "e.npy"
+    rc, stdout, err = _run(["embed", str(d), "-o", str(out), "--device", "cpu", "--quiet"], capsys)
+    assert rc == 0, err
+    assert json.loads((tmp_path / "e.npy.json").read_text())["files"] == [os.fsdecode(raw)]
