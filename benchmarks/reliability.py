@@ -271,7 +271,7 @@ def _nonspeech(kind: str, n: int, rng: np.random.Generator) -> np.ndarray:
     return x.astype(np.float32)
 
 
-def unknown_length_flac(x: np.ndarray, sr: int) -> bytes:
+def unknown_length_flac(x: np.ndarray, sr: int = SR) -> bytes:
     """FLAC bytes with STREAMINFO total_samples=0, as an encoder writing to a pipe leaves it (2**63-1 frames)."""
     buf = io.BytesIO()
     sf.write(buf, np.clip(np.nan_to_num(x), -1, 1), sr, format="FLAC")

@@ -18,6 +18,8 @@ import pytest
 from nestspk.errors import GalleryError
 from nestspk.gallery import UNKNOWN, Gallery, NumpyIndex, VectorIndex
 
+from conftest import reliability_bench
+
 DIM = 16
 REPO = Path(__file__).resolve().parent.parent
 
@@ -180,20 +182,6 @@ def test_compressed_gallery_within_limits_loads(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------- atomic saves
 
 
-_SAVER = """
-import sys, numpy as np
-sys.path.insert(0, {repo!r})
-from nestspk.gallery import Gallery
-g = Gallery(512, model="m")
-e = np.random.default_rng(0).standard_normal((4000, 512)); e /= np.linalg.norm(e, axis=1, keepdims=True)
-for i in range(4000):
-    g.enroll(f"spk{{i}}", e[i:i + 1])
-print("ready", flush=True)
-while True:
-    g.save({path!r})
-"""
-
-
 def test_kill_9_during_save_keeps_a_valid_gallery(tmp_path: Path) -> None:
     path = tmp_path / "g.npz"
     g = Gallery(512, model="m")
@@ -201,14 +189,14 @@ def test_kill_9_during_save_keeps_a_valid_gallery(tmp_path: Path) -> None:
     g.save(path)
     rng = np.random.default_rng(0)
     for attempt in range(6):
-        proc = subprocess.Popen([sys.executable, "-c", _SAVER.format(repo=str(REPO), path=str(path))],
+        proc = subprocess.Popen([sys.executable, "-c", reliability_bench()._KILL_SAVER.format(repo=str(REPO), path=str(path))],
                                 stdout=subprocess.PIPE, text=True)
         assert proc.stdout.readline().strip() == "ready"
         time.sleep(float(rng.uniform(0.0, 0.3)))  # somewhere inside a save (each takes ~10-50 ms)
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         h = Gallery.load(path, model="m", dim=512)
-        assert h.speakers in (["previous"], [f"spk{i}" for i in range(4000)])
+        assert h.speakers in (["previous"], [f"spk{i}" for i in range(3000)])
 
 
 def test_loads_overlapping_saves_never_fail(tmp_path: Path) -> None:

@@ -14,6 +14,10 @@ from nestspk.audio import (AUDIO_SUFFIXES, SpeechCheck, audio_info, check_speech
                            open_audio, plan_segments, window_starts)
 from nestspk.errors import AudioError, InputError, NestspkError
 
+from conftest import reliability_bench
+
+rel = reliability_bench()
+
 SR = 16000
 
 
@@ -23,13 +27,7 @@ def _flac_bytes(x: np.ndarray, sr: int = SR) -> bytes:
     return buf.getvalue()
 
 
-def unknown_length_flac(x: np.ndarray, sr: int = SR) -> bytes:
-    """FLAC bytes whose STREAMINFO says total_samples=0, as an encoder writing to a pipe leaves it."""
-    b = bytearray(_flac_bytes(x, sr))
-    assert b[:4] == b"fLaC" and b[4] & 0x7F == 0  # first metadata block is STREAMINFO
-    word = int.from_bytes(b[18:26], "big")  # 20 bits rate, 3 channels, 5 bps, 36 total samples
-    b[18:26] = (word & ~((1 << 36) - 1)).to_bytes(8, "big")
-    return bytes(b)
+unknown_length_flac = rel.unknown_length_flac
 
 
 @pytest.fixture(scope="module")
@@ -84,19 +82,7 @@ def test_long_files_get_the_same_validation(tmp_path: Path, long_speech: np.ndar
 # --------------------------------------------------------------------------- sources (16.5, 17.3, 17.14)
 
 
-class _Pipe(io.RawIOBase):
-    """A non-seekable binary stream, like sys.stdin.buffer fed by a pipe."""
-
-    def __init__(self, data: bytes) -> None:
-        self._f = io.BytesIO(data)
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, b) -> int:
-        chunk = self._f.read(len(b))
-        b[:len(chunk)] = chunk
-        return len(chunk)
+_Pipe = rel.Pipe
 
 
 def test_bytes_and_file_objects_are_content(tmp_path: Path, speech: np.ndarray) -> None:

@@ -5,9 +5,7 @@ The fuzz strategies live in ``benchmarks/reliability.py`` (one source; the bench
 """
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -22,11 +20,10 @@ from nestspk.audio import load_audio
 from nestspk.errors import AudioError, GalleryError, NestspkError
 from nestspk.verifier import Verifier
 
+from conftest import reliability_bench
+
 REPO = Path(__file__).resolve().parent.parent
-_spec = importlib.util.spec_from_file_location("nestspk_reliability_bench", REPO / "benchmarks" / "reliability.py")
-rel = importlib.util.module_from_spec(_spec)
-sys.modules[_spec.name] = rel
-_spec.loader.exec_module(rel)
+rel = reliability_bench()
 
 SR = 16000
 
