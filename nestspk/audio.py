@@ -960,7 +960,7 @@ class SpeechThresholds:
     """Limits of :class:`SpeechCheck` (16 kHz, 25 ms frames every 10 ms, DC removed per frame).
 
     Chosen on real speech: the files and trial segments of weights/lists/*.txt, examples/*.flac and
-    100 random files of each Opus corpus under ../shared/data (2,316 inputs, none rejected;
+    100 random files of each Opus corpus under ../shared/data (1,816 inputs, none rejected;
     ``python benchmarks/reliability.py speech``). Their extremes were 0.22 s active, band ratio 0.094,
     flatness 0.28 and level range 4.4 dB; white noise has flatness ~0.56, a mains hum a band ratio
     ~0, a click in digital silence ~0.03 s active and steady tones a level range ~0 dB.

@@ -363,14 +363,15 @@ class Verifier:
         """
         top_k = _positive_int(top_k, "top_k")
         thr = None if threshold is None else self._resolve_threshold(threshold)
-        if len(self.gallery) == 0:
+        g = self.gallery  # one gallery throughout, even if load_gallery() swaps it meanwhile
+        if len(g) == 0:
             raise GalleryError("the gallery is empty; enroll() speakers first")
         e = self.embed(audio, sample_rate)
         if self._cohort is None:
-            scores, names = self.gallery.search(e, top_k)
+            scores, names = g.search(e, top_k)
         else:
-            _, names = self.gallery.search(e, len(self.gallery))
-            cents = np.stack([self.gallery.centroid(nm) for nm in names])
+            _, names = g.search(e, len(g))
+            cents = np.stack([g.centroid(nm) for nm in names])
             cents /= np.linalg.norm(cents, axis=1, keepdims=True)
             scores = np.asarray(self.score_embeddings(np.repeat(e[None], len(names), 0), cents))
             order = np.argsort(-scores, kind="stable")[:top_k]
