@@ -62,15 +62,29 @@ def resolve_card(model: str | Path) -> Path:
     return card
 
 
+_CARD_KEYS: dict[str, type | tuple[type, ...]] = {
+    "name": str, "model": str, "model_options": dict, "frontend": dict, "weights_file": str, "sha256": str,
+    "threshold": (int, float), "embed_dim": int}
+
+
+def _kind_name(kind: type | tuple[type, ...]) -> str:
+    return " or ".join(k.__name__ for k in (kind if isinstance(kind, tuple) else (kind,)))
+
+
 def read_card(card_path: str | Path) -> dict[str, Any]:
     card_path = Path(card_path)
     try:
         card = json.loads(card_path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
         raise WeightsError(f"{card_path}: unreadable model card ({e})") from e
-    for key in ("name", "model", "model_options", "frontend", "weights_file", "sha256", "threshold"):
+    if not isinstance(card, dict):
+        raise WeightsError(f"{card_path}: a model card must be a JSON object, got {type(card).__name__}")
+    for key, kind in _CARD_KEYS.items():
         if key not in card:
             raise WeightsError(f"{card_path}: model card lacks {key!r}")
+        if isinstance(card[key], bool) or not isinstance(card[key], kind):
+            raise WeightsError(f"{card_path}: model card key {key!r} must be {_kind_name(kind)}, got"
+                               f" {type(card[key]).__name__} {str(card[key])[:40]!r}")
     card["_dir"] = str(card_path.parent)
     return card
 

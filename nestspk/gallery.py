@@ -84,7 +84,11 @@ class NumpyIndex:
         self.dim = int(dim)
         self._names: list[str] = []
         self._pos: dict[str, int] = {}
-        self._mat = np.zeros((0, self.dim), np.float32)
+        self._buf = np.zeros((16, self.dim), np.float32)  # rows [0, len) in use; grows by doubling
+
+    @property
+    def _mat(self) -> np.ndarray:
+        return self._buf[:len(self._names)]
 
     def add(self, names: Sequence[str], vectors: np.ndarray) -> None:
         names = list(names)
@@ -94,10 +98,15 @@ class NumpyIndex:
         clash = [n for n in names if n in self._pos]
         if clash or len(set(names)) != len(names):
             raise GalleryError(f"add: names already present or repeated: {clash[:5] or names[:5]}")
+        n0 = len(self._names)
+        if n0 + len(names) > len(self._buf):  # amortised O(1) per add: enrolling N one by one is O(N), not O(N^2)
+            grown = np.zeros((max(2 * len(self._buf), n0 + len(names)), self.dim), np.float32)
+            grown[:n0] = self._buf[:n0]
+            self._buf = grown
+        self._buf[n0:n0 + len(names)] = v
         for n in names:
             self._pos[n] = len(self._names)
             self._names.append(n)
-        self._mat = np.concatenate([self._mat, v]) if len(self._mat) else v.copy()
 
     def remove(self, names: Sequence[str]) -> None:
         names = list(names)
@@ -106,8 +115,8 @@ class NumpyIndex:
             raise GalleryError(f"remove: unknown speaker(s) {unknown[:5]}")
         drop = {self._pos[n] for n in names}
         keep = [i for i in range(len(self._names)) if i not in drop]
+        self._buf = np.concatenate([self._buf[keep], np.zeros((max(16 - len(keep), 0), self.dim), np.float32)])
         self._names = [self._names[i] for i in keep]
-        self._mat = self._mat[keep]
         self._pos = {n: i for i, n in enumerate(self._names)}
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, list[list[str]]]:

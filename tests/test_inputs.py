@@ -232,13 +232,8 @@ def test_verifier_identify_threshold_remove_and_top_k(nested_verifier, example_f
     assert v.speakers == ["b"]
 
 
-_RUNTIME_CARD = pytest.mark.xfail(strict=True, reason="typed ModelCard lands from the runtime branch")
-
-
 @pytest.mark.parametrize("kind", [
-    "not_object", "options_str", "unknown_arch", "deep_json",
-    pytest.param("no_embed_dim", marks=_RUNTIME_CARD), pytest.param("frontend_int", marks=_RUNTIME_CARD),
-    pytest.param("name_int", marks=_RUNTIME_CARD)])
+    "not_object", "options_str", "unknown_arch", "deep_json", "no_embed_dim", "frontend_int", "name_int"])
 def test_malformed_cards_name_the_card(tmp_path: Path, kind: str) -> None:
     import json
 
