@@ -183,7 +183,6 @@ def test_verify_non_speech_is_an_error_not_same_speaker(nested_verifier) -> None
             nested_verifier.verify(_nonspeech(a), _nonspeech(b))
 
 
-@pytest.mark.xfail(strict=True, reason="front end DC removal lands from main")
 def test_dc_offset_does_not_change_the_score(nested_verifier, example_files) -> None:
     a, b = load_audio(example_files["a1"]), load_audio(example_files["b"])
     s0 = nested_verifier.verify(a, b).score
