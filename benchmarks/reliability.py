@@ -21,11 +21,11 @@ import json
 import logging
 import os
 import resource
+import shutil
 import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -174,6 +174,7 @@ def strategies():
         sr = draw(st.sampled_from([s for s in SAMPLE_RATES if s > 0]))
         # rarely a file > 20 s, which Verifier streams window by window
         n = draw(st.sampled_from([1, 4000, 8000, 16000, 24000, 21 * SR]))
+        n = 21 * min(sr, 48000) if n == 21 * SR else n  # ~21 s at the own rate (not 336 s at 1 kHz)
         content = draw(st.sampled_from(CONTENTS))
         data = _encode(_signal(content, n, ch, draw(st.integers(0, 2**16))), sr, fmt, subtype)
         desc = f"file {fmt}/{subtype} ch={ch} sr={sr} n={n} {content} {mutation}"
@@ -204,7 +205,7 @@ def strategies():
 
 
 # outcome classes: "embedding", "error:<Type>" are fine; everything else is a failure
-BAD_PREFIXES = ("crash", "bad_embedding", "unlabelled")
+BAD_PREFIXES = ("crash", "bad_embedding", "unlabelled", "nonspeech_accepted", "bad_cli", "bad_gallery")
 
 
 def run_case(verifier, case: Case, workdir: Path, index: int = 0) -> tuple[str, str]:
@@ -238,33 +239,600 @@ def run_case(verifier, case: Case, workdir: Path, index: int = 0) -> tuple[str, 
     return ("embedding", "") if ok else ("bad_embedding", f"shape {emb.shape} norm {np.linalg.norm(emb)}")
 
 
-def fuzz(verifier, n_cases: int, workdir: Path, seed_db: bool = False) -> dict:
-    """Run ``n_cases`` hypothesis-generated cases (derandomized) and count outcomes; never raises on failures."""
+# --------------------------------------------------------------------------- issue 17 strategies
+
+NONSPEECH = ["click", "hum50", "hum60", "white", "tone", "dc_only"]
+TENSOR_KINDS = ["meta", "conj", "neg", "nested", "sparse", "bfloat16", "noncontig", "grad", "expand", "matrix",
+                "complex", "int_tensor", "cuda_like_str"]
+GALLERY_KINDS = ["valid", "bomb", "lying_header", "truncate", "flip", "zero", "huge", "empty_name", "nul_name",
+                 "extra_member", "missing_member", "object", "deep_json", "other_model", "random", "empty",
+                 "nested_zip", "fortran", "counts_zero", "dim"]
+CARD_KINDS = ["drop_key", "wrong_type", "not_object", "not_json", "empty", "deep", "unknown_arch", "bad_sha",
+              "missing_weights"]
+CLI_KINDS = ["dup_inputs", "self_overwrite", "sidecar_overwrite", "text_file", "out_dir", "under_file", "missing_dir",
+             "bad_batch", "bad_threshold", "missing_input", "resume_other_model", "resume_tampered",
+             "resume_malformed", "unknown_option", "score_norm_on_embed", "ok_small"]
+TRIAL_KINDS = ["comments_only", "short_line", "bad_label", "bad_segment", "neg_segment", "empty", "binary", "ok"]
+
+
+def _nonspeech(kind: str, n: int, rng: np.random.Generator) -> np.ndarray:
+    t = np.arange(n) / SR
+    if kind == "click":
+        x = np.zeros(n)
+        x[n // 2] = rng.uniform(0.2, 1.0)
+    elif kind.startswith("hum"):
+        x = rng.uniform(0.05, 0.9) * np.sin(2 * np.pi * int(kind[3:]) * t + rng.uniform(0, 6))
+    elif kind == "white":
+        x = rng.uniform(-1, 1, n) * rng.uniform(0.01, 1.0)
+    elif kind == "tone":
+        x = 0.5 * np.sin(2 * np.pi * rng.uniform(200, 3000) * t)
+    else:
+        x = np.full(n, rng.uniform(-0.9, 0.9))
+    return x.astype(np.float32)
+
+
+def unknown_length_flac(x: np.ndarray, sr: int = SR) -> bytes:
+    """FLAC bytes with STREAMINFO total_samples=0, as an encoder writing to a pipe leaves it (2**63-1 frames)."""
+    buf = io.BytesIO()
+    sf.write(buf, np.clip(np.nan_to_num(x), -1, 1), sr, format="FLAC")
+    b = bytearray(buf.getvalue())
+    word = int.from_bytes(b[18:26], "big")
+    b[18:26] = (word & ~((1 << 36) - 1)).to_bytes(8, "big")
+    return bytes(b)
+
+
+class Pipe(io.RawIOBase):
+    """A non-seekable binary stream."""
+
+    def __init__(self, data: bytes) -> None:
+        self._f = io.BytesIO(data)
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b) -> int:
+        chunk = self._f.read(len(b))
+        b[:len(chunk)] = chunk
+        return len(chunk)
+
+
+def _gallery_bytes(kind: str, rng: np.random.Generator, dim: int = 512) -> bytes:
+    """Bytes of a gallery file of the given (mostly malformed) kind."""
+    import zipfile
+
+    n = int(rng.integers(1, 5))
+    e = rng.standard_normal((n, dim))
+    e = (e / np.linalg.norm(e, axis=1, keepdims=True)).astype(np.float32)
+    arrays = {"names": np.array([f"s{i}" for i in range(n)]), "embeddings": e, "counts": np.ones(n, np.int64),
+              "meta": np.array(json.dumps({"format": "nestspk-gallery/1", "model": "nested_4level", "embed_dim": dim}))}
+
+    def npz(arrs: dict) -> bytes:
+        buf = io.BytesIO()
+        np.savez(buf, **arrs)
+        return buf.getvalue()
+
+    def members(emb_writer) -> bytes:
+        buf = io.BytesIO()
+        with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
+            for k in ("names", "counts", "meta"):
+                with z.open(f"{k}.npy", "w") as f:
+                    np.lib.format.write_array(f, arrays[k])
+            with z.open("embeddings.npy", "w", force_zip64=True) as f:
+                emb_writer(f)
+        return buf.getvalue()
+
+    if kind == "valid":
+        return npz(arrays)
+    if kind == "bomb":
+        size = int(rng.choice([1 << 22, 1 << 24, 1 << 26]))
+
+        def bomb(f):
+            np.lib.format.write_array_header_1_0(f, {"descr": "<f4", "fortran_order": False, "shape": (size // (4 * dim), dim)})
+            for _ in range(size >> 20):
+                f.write(bytes(1 << 20))
+        return members(bomb)
+    if kind == "lying_header":
+        rows = int(rng.choice([10**9, 10**6, n + 1, 2**40]))
+
+        def lying(f):
+            np.lib.format.write_array_header_1_0(f, {"descr": "<f4", "fortran_order": False, "shape": (rows, dim)})
+            f.write(bytes(64))
+        return members(lying)
+    good = npz(arrays)
+    b = bytearray(good)
+    if kind == "truncate":
+        return bytes(b[:int(rng.integers(0, len(b)))])
+    if kind == "flip":
+        for _ in range(int(rng.integers(1, 9))):
+            b[int(rng.integers(0, len(b)))] ^= int(rng.integers(1, 256))
+        return bytes(b)
+    if kind in ("zero", "huge"):
+        return npz({**arrays, "embeddings": e * (0.0 if kind == "zero" else 1e6)})
+    if kind in ("empty_name", "nul_name"):
+        return npz({**arrays, "names": np.array(["" if kind == "empty_name" else "a\x00b"] + [f"s{i}" for i in range(1, n)])})
+    if kind == "extra_member":
+        return npz({**arrays, "x": np.zeros(3)})
+    if kind == "missing_member":
+        return npz({k: v for k, v in arrays.items() if k != "counts"})
+    if kind == "object":
+        return npz({**arrays, "names": np.array([{"x": 1}] * n, dtype=object)})
+    if kind == "deep_json":
+        return npz({**arrays, "meta": np.array("[" * 50000 + "]" * 50000)})
+    if kind == "other_model":
+        return npz({**arrays, "meta": np.array(json.dumps({"format": "nestspk-gallery/1", "model": "other"}))})
+    if kind == "random":
+        return rng.bytes(int(rng.integers(1, 5000)))
+    if kind == "empty":
+        return b""
+    if kind == "nested_zip":
+        return npz({**arrays, "names": np.frombuffer(good, np.uint8)})
+    if kind == "fortran":
+        return npz({**arrays, "embeddings": np.asfortranarray(e)})
+    if kind == "counts_zero":
+        return npz({**arrays, "counts": np.zeros(n, np.int64)})
+    return npz({**arrays, "embeddings": e[:, : dim // 2].copy()})  # "dim"
+
+
+def _tensor(kind: str, x: np.ndarray) -> Any:
+    import torch
+
+    t = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+    return {"meta": lambda: t.to("meta"), "conj": lambda: torch.complex(t, t).conj(),
+            "neg": lambda: torch._neg_view(-t), "nested": lambda: torch.nested.nested_tensor([t, t[: len(t) // 2 + 1]]),
+            "sparse": lambda: t.to_sparse(), "bfloat16": lambda: t.to(torch.bfloat16),
+            "noncontig": lambda: torch.stack([t, t], 1)[:, 0], "grad": lambda: t.clone().requires_grad_(True),
+            "expand": lambda: t[None].expand(2, -1), "matrix": lambda: np.asmatrix(x),
+            "complex": lambda: torch.complex(t, t), "int_tensor": lambda: (t * 32767).to(torch.int16),
+            "cuda_like_str": lambda: str(x[:10])}[kind]()
+
+
+def extended_strategies(only: str = "all"):
+    """Hypothesis strategy over every kind of issue 17: audio (array/file), unknown-length streams, byte and
+    file-object sources, level/DC/non-speech content, exotic tensors, gallery files, model cards,
+    trial lists and CLI argument lists. Each draws a :class:`Case` whose ``kind`` says how to run it."""
+    from hypothesis import strategies as st
+
+    seeds = st.integers(0, 2**16)
+
+    @st.composite
+    def stream_case(draw) -> Case:
+        n = draw(st.sampled_from([4000, 8000, 16000, 24000, 40000]))
+        sr = draw(st.sampled_from([16000, 8000, 22050, 48000]))
+        content = draw(st.sampled_from(["speech", "speech", "noise", "silence", "over"]))
+        how = draw(st.sampled_from(["path", "bytes", "bytesio", "pipe"]))
+        data = unknown_length_flac(_signal(content, n, 1, draw(seeds))[:, 0], sr)
+        return Case("stream", data, None, f"unknown-length FLAC via {how} sr={sr} n={n} {content}", how)
+
+    @st.composite
+    def source_case(draw) -> Case:
+        base = draw(strategies())
+        if base.kind != "file":
+            return base
+        how = draw(st.sampled_from(["bytes", "bytesio", "pipe", "bytes_path"]))
+        return Case("source", base.data, None, f"{base.desc} via {how}", how)
+
+    @st.composite
+    def content_case(draw) -> Case:
+        rng = np.random.default_rng(draw(seeds))
+        n = draw(st.sampled_from([8000, 16000, 32000]))
+        kind = draw(st.sampled_from(["level", "dc"] + NONSPEECH))
+        if kind in ("level", "dc"):
+            x = np.asarray(real_speech(n / SR, int(rng.integers(0, 4))), np.float64)
+            x = x * (10 ** rng.uniform(-3.5, 0) if kind == "level" else 1.0) + (rng.uniform(-0.3, 0.3) if kind == "dc" else 0)
+            x = np.clip(x, -1, 1).astype(np.float32)
+        else:
+            x = _nonspeech(kind, n, rng)
+        return Case("content", x, None, f"content {kind} n={n}", kind)
+
+    @st.composite
+    def tensor_case(draw) -> Case:
+        kind = draw(st.sampled_from(TENSOR_KINDS))
+        return Case("tensor", kind, None, f"tensor {kind}")
+
+    @st.composite
+    def gallery_case(draw) -> Case:
+        kind = draw(st.sampled_from(GALLERY_KINDS))
+        return Case("gallery", kind, draw(seeds), f"gallery {kind}")
+
+    @st.composite
+    def card_case(draw) -> Case:
+        kind = draw(st.sampled_from(CARD_KINDS))
+        key = draw(st.sampled_from(["name", "model", "model_options", "frontend", "weights_file", "sha256",
+                                    "threshold", "embed_dim", "operating_points", "calibration"]))
+        value = draw(st.sampled_from([None, 5, "x", [], {}, -1.5, True, "../../etc/passwd"]))
+        return Case("card", (kind, key, value), None, f"card {kind} {key}={value!r}")
+
+    @st.composite
+    def trials_case(draw) -> Case:
+        return Case("trials", draw(st.sampled_from(TRIAL_KINDS)), draw(seeds), "trials")
+
+    @st.composite
+    def cli_case(draw) -> Case:
+        kind = draw(st.sampled_from(CLI_KINDS))
+        return Case("cli", kind, draw(seeds), f"cli {kind}")
+
+    every = {"audio": strategies(), "stream": stream_case(), "source": source_case(), "content": content_case(),
+             "tensor": tensor_case(), "gallery": gallery_case(), "card": card_case(), "trials": trials_case(),
+             "cli": cli_case()}
+    return st.one_of(*(every.values() if only == "all" else [every[k] for k in only.split(",")]))
+
+
+def _labelled(e: BaseException, label: str | None) -> str:
+    from nestspk.errors import NestspkError
+
+    if not isinstance(e, NestspkError):
+        return f"crash:{type(e).__name__}"
+    if label is not None and label not in str(e):
+        return f"unlabelled:{type(e).__name__}"
+    return f"error:{type(e).__name__}"
+
+
+def _check_embedding(verifier, emb: np.ndarray) -> tuple[str, str]:
+    ok = emb.shape == (verifier.embed_dim,) and bool(np.isfinite(emb).all()) \
+        and abs(float(np.linalg.norm(emb)) - 1.0) < 1e-4
+    return ("embedding", "") if ok else ("bad_embedding", f"shape {emb.shape} norm {np.linalg.norm(emb)}")
+
+
+def run_any(ctx: dict, case: Case, index: int) -> tuple[str, str]:
+    """Run a case of any kind; outcome classes as :func:`run_case`, plus ``nonspeech_accepted``,
+    ``bad_cli:<what>`` (exit status not 0/2, more than one error line, or an input changed) and
+    ``bad_gallery`` (a valid file rejected)."""
+    verifier, workdir = ctx["verifier"], ctx["workdir"]
+    if case.kind in ("array", "file"):
+        return run_case(verifier, case, workdir, index)
+    try:
+        return _RUNNERS[case.kind](ctx, case, index)
+    except Exception as e:  # noqa: BLE001 - anything escaping a runner is a crash
+        return f"crash:{type(e).__name__}", f"{e!r}"[:300]
+
+
+def _run_source(ctx: dict, case: Case, index: int) -> tuple[str, str]:
+    verifier, workdir = ctx["verifier"], ctx["workdir"]
+    how, data = case.suffix, case.data
+    from nestspk.audio import describe_input
+
+    path = workdir / f"src_{index}.flac"
+    if how in ("path", "bytes_path"):
+        path.write_bytes(data)
+        source: Any = str(path) if how == "path" else os.fsencode(str(path))
+    elif how == "bytes":
+        source = data  # short NUL-free bytes are a path by the documented rule; the label says which
+    elif how == "bytesio":
+        source = io.BytesIO(data)
+    else:
+        source = Pipe(data)
+    label = describe_input(source)
+    try:
+        emb = verifier.embed(source)
+    except Exception as e:  # noqa: BLE001
+        return _labelled(e, label), str(e)[:300]
+    finally:
+        path.unlink(missing_ok=True)
+    return _check_embedding(verifier, emb)
+
+
+def _run_content(ctx: dict, case: Case, index: int) -> tuple[str, str]:
+    verifier = ctx["verifier"]
+    try:
+        emb = verifier.embed(case.data)
+    except Exception as e:  # noqa: BLE001
+        return _labelled(e, "<array shape="), str(e)[:300]
+    if case.suffix in NONSPEECH:
+        return "nonspeech_accepted", case.desc
+    return _check_embedding(verifier, emb)
+
+
+def _run_tensor(ctx: dict, case: Case, index: int) -> tuple[str, str]:
+    verifier = ctx["verifier"]
+    x = np.asarray(real_speech(1.0, index % 4))
+    try:
+        source = _tensor(case.data, x)
+    except Exception as e:  # noqa: BLE001 - this torch build cannot make the tensor: not our failure
+        return "skipped", f"{case.data}: {e!r}"[:200]
+    try:
+        emb = verifier.embed(source)
+    except Exception as e:  # noqa: BLE001
+        return _labelled(e, None), str(e)[:300]
+    return _check_embedding(verifier, emb)
+
+
+def _run_gallery(ctx: dict, case: Case, index: int) -> tuple[str, str]:
+    from nestspk.gallery import Gallery
+
+    path = ctx["workdir"] / f"gallery_{index}.npz"
+    path.write_bytes(_gallery_bytes(case.data, np.random.default_rng(case.sample_rate)))
+    rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    try:
+        g = Gallery.load(path, model="nested_4level", dim=512)
+    except Exception as e:  # noqa: BLE001
+        out = _labelled(e, str(path))
+        if case.data == "valid" and out.startswith("error:"):
+            return "bad_gallery", str(e)[:300]
+        return out, str(e)[:200]
+    finally:
+        path.unlink(missing_ok=True)
+    grown = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss0) / 1024
+    if case.data not in ("valid", "fortran") or grown > 100:
+        return "bad_gallery", f"{case.data} loaded ({len(g)} speakers, RSS +{grown:.0f} MiB)"
+    return "ok", ""
+
+
+def _run_card(ctx: dict, case: Case, index: int) -> tuple[str, str]:
+    from nestspk import Verifier
+
+    kind, key, value = case.data
+    card = json.loads((REPO / "weights" / "nested_4level.json").read_text())
+    d = ctx["workdir"] / f"card_{index}"
+    d.mkdir()
+    (d / "nested_4level.pt").symlink_to(REPO / "weights" / "nested_4level.pt")
+    text: str
+    if kind == "drop_key":
+        card.pop(key, None)
+        text = json.dumps(card)
+    elif kind == "wrong_type":
+        card[key] = value
+        text = json.dumps(card)
+    elif kind == "not_object":
+        text = json.dumps([card])
+    elif kind == "not_json":
+        text = json.dumps(card)[:-7]
+    elif kind == "empty":
+        text = ""
+    elif kind == "deep":
+        text = "[" * 100000 + "]" * 100000
+    elif kind == "unknown_arch":
+        card["model"] = str(value)
+        text = json.dumps(card)
+    elif kind == "bad_sha":
+        card["sha256"] = "0" * 64
+        text = json.dumps(card)
+    else:
+        card["weights_file"] = "missing.pt"
+        text = json.dumps(card)
+    p = d / "card.json"
+    p.write_text(text)
+    try:
+        Verifier(str(p), device="cpu", backend="torch")
+    except Exception as e:  # noqa: BLE001
+        out = _labelled(e, None)
+        if out.startswith("error:") and str(p) not in str(e) and "nested_4level" not in str(e):
+            out = f"unlabelled:{type(e).__name__}"
+        return out, str(e)[:200]
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+    return "ok", "card accepted"
+
+
+def _cli_verifier(ctx: dict):
+    """The fuzz Verifier for every CLI case (no model load per case); a second model for resume checks."""
+    def make(a, threshold=None):
+        if a.model not in ("nested", "nested_4level"):
+            if ctx.get("other") is None:
+                from nestspk import Verifier
+
+                ctx["other"] = Verifier(a.model, device="cpu")
+            return ctx["other"]
+        v = ctx["verifier"]
+        if threshold is not None:
+            v._resolve_threshold(threshold)
+        return v
+    return make
+
+
+def _run_trials(ctx: dict, case: Case, index: int) -> tuple[str, str]:
+    rng = np.random.default_rng(case.sample_rate)
+    d = ctx["workdir"] / f"trials_{index}"
+    d.mkdir()
+    wav = d / "a.wav"
+    sf.write(wav, real_speech(1.0, 0), SR)
+    wav2 = d / "b.wav"
+    sf.write(wav2, real_speech(1.0, 1), SR)
+    a, b = str(wav), str(wav2)
+    text = {"comments_only": "# x\n\n# y\n", "short_line": f"1 {a}\n", "bad_label": f"2 {a} {b}\n",
+            "bad_segment": f"1 {a}@0-x {b}\n0 {a} {b}\n", "neg_segment": f"1 {a}@0.5-0.1 {b}\n0 {a} {b}\n",
+            "empty": "", "binary": rng.bytes(200).decode("latin-1"), "ok": f"1 {a} {a}\n0 {a} {b}\n"}[case.data]
+    trials = d / "t.txt"
+    trials.write_text(text, encoding="latin-1")
+    out = _cli_outcome(ctx, ["eval", "--trials", str(trials), "--root", str(d), "--device", "cpu", "--quiet"], [], d,
+                       expect_ok=case.data == "ok", label=str(trials))
+    shutil.rmtree(d, ignore_errors=True)
+    return out
+
+
+def _cli_outcome(ctx: dict, argv: list[str], inputs: list[Path], workdir: Path, expect_ok: bool | None,
+                 label: str | None = None) -> tuple[str, str]:
+    import contextlib
+
+    from nestspk import cli
+
+    before = {p: p.read_bytes() for p in inputs if p.is_file()}
+    err, out = io.StringIO(), io.StringIO()
+    real = cli._verifier
+    cli._verifier = _cli_verifier(ctx)
+    try:
+        with contextlib.redirect_stderr(err), contextlib.redirect_stdout(out):
+            try:
+                rc = cli.main(argv)
+            except SystemExit as e:
+                rc = e.code
+    except Exception as e:  # noqa: BLE001
+        return f"crash:{type(e).__name__}", f"{argv}: {e!r}"[:300]
+    finally:
+        cli._verifier = real
+    changed = [str(p) for p, b in before.items() if not p.is_file() or p.read_bytes() != b]
+    lines = [s for s in err.getvalue().splitlines() if "error" in s]
+    if changed:
+        return "bad_cli:clobbered", f"{argv}: {changed}"
+    if rc not in (0, 2):
+        return f"bad_cli:rc{rc}", f"{argv}: {err.getvalue()[-300:]}"
+    if rc == 2 and (len(lines) != 1 or "Traceback" in err.getvalue()):
+        return "bad_cli:message", f"{argv}: {err.getvalue()[-300:]}"
+    if label is not None and rc == 2 and label not in err.getvalue():
+        return "bad_cli:unlabelled", f"{argv}: {err.getvalue()[-300:]}"
+    if expect_ok is True and rc != 0:
+        return "bad_cli:rejected", f"{argv}: {err.getvalue()[-300:]}"
+    if expect_ok is False and rc == 0:
+        return "bad_cli:accepted", f"{argv}"
+    return ("ok" if rc == 0 else "error:cli"), ""
+
+
+def _run_cli(ctx: dict, case: Case, index: int) -> tuple[str, str]:
+    rng = np.random.default_rng(case.sample_rate)
+    d = ctx["workdir"] / f"cli_{index}"
+    d.mkdir()
+    files = []
+    for k in range(3):
+        p = d / f"in{k}.flac"
+        sf.write(p, real_speech(0.6 + 0.2 * k, k), SR)
+        files.append(p)
+    txt = d / "notes.txt"
+    txt.write_text("keep")
+    out = d / "e.npy"
+    kind = case.data
+    base = ["embed", "--device", "cpu", "--quiet"]
+    ins = [str(f) for f in files]
+    expect: bool | None = False
+    if kind == "dup_inputs":
+        argv, expect = base + [ins[0], ins[2], ins[0], ins[1], "-o", str(out)], True
+    elif kind == "self_overwrite":
+        argv = base + ins + ["-o", ins[int(rng.integers(0, 3))]] + (["--force"] if rng.random() < 0.5 else [])
+    elif kind == "sidecar_overwrite":
+        side_victim = d / "v.npy.json"
+        side_victim.write_text("{}")
+        files.append(side_victim)
+        argv = base + ins + [str(side_victim), "-o", str(d / "v.npy")]
+    elif kind == "text_file":
+        argv = base + ins + ["-o", str(txt)]
+        files.append(txt)
+    elif kind == "out_dir":
+        argv = base + ins + ["-o", str(d)]
+    elif kind == "under_file":
+        argv = base + ins + ["-o", str(txt / "e.npy")]
+        files.append(txt)
+    elif kind == "missing_dir":
+        argv = base + ins + ["-o", str(d / "no" / "e.npy")]
+    elif kind == "bad_batch":
+        argv = base + ins + ["-o", str(out), "--batch-size", str(rng.choice(["0", "-3", "1.5", "x", ""]))]
+    elif kind == "bad_threshold":
+        argv = ["verify", ins[0], ins[1], "--device", "cpu", "--threshold",
+                str(rng.choice(["nan", "inf", "-inf", "2.0", "True", "1e309", "", "far_0.5"]))]
+    elif kind == "missing_input":
+        argv = base + [ins[0], str(d / "nope.wav"), "-o", str(out)]
+    elif kind in ("resume_other_model", "resume_tampered", "resume_malformed"):
+        first = _cli_outcome(ctx, base + ins[:2] + ["-o", str(out)], files, d, True)
+        if first[0] != "ok":
+            shutil.rmtree(d, ignore_errors=True)
+            return first
+        side = d / "e.npy.json"
+        if kind == "resume_tampered":
+            arr = np.load(out)
+            arr[0, int(rng.integers(0, arr.shape[1]))] += 0.5
+            np.save(out, arr)
+        elif kind == "resume_malformed":
+            side.write_text(str(rng.choice(["{", "[]", "null", '{"model": 1}', '{"model": "nested_4level", "files": [1]}'])))
+        argv = base + ins + ["-o", str(out), "--resume"] + (["--model", "resnetse34l"] if kind == "resume_other_model" else [])
+        files += [out, side]
+    elif kind == "unknown_option":
+        argv = base + ins + ["-o", str(out), "--frobnicate"]
+    elif kind == "score_norm_on_embed":
+        argv = base + ins + ["-o", str(out), "--score-norm", "asnorm"]
+    else:
+        argv, expect = base + ins + ["-o", str(out)], True
+    res = _cli_outcome(ctx, argv, files, d, expect)
+    if kind == "dup_inputs" and res[0] == "ok":
+        meta = json.loads((d / "e.npy.json").read_text())
+        if meta["files"] != [ins[0], ins[2], ins[1]] or np.load(out).shape[0] != 3:
+            res = ("bad_cli:misaligned", f"{meta['files']} rows {np.load(out).shape}")
+    shutil.rmtree(d, ignore_errors=True)
+    return res
+
+
+_RUNNERS = {"stream": _run_source, "source": _run_source, "content": _run_content, "tensor": _run_tensor,
+            "gallery": _run_gallery, "card": _run_card, "trials": _run_trials, "cli": _run_cli}
+
+_KILL_SAVER = """
+import sys, numpy as np
+sys.path.insert(0, {repo!r})
+from nestspk.gallery import Gallery
+g = Gallery(512, model="m")
+e = np.random.default_rng(0).standard_normal((3000, 512)); e /= np.linalg.norm(e, axis=1, keepdims=True)
+for i in range(3000):
+    g.enroll(f"spk{{i}}", e[i:i + 1])
+print("ready", flush=True)
+while True:
+    g.save({path!r})
+"""
+
+
+def kill_during_save(n: int, workdir: Path) -> dict:
+    """SIGKILL a process that saves a 3000-speaker gallery in a loop, ``n`` times at random moments; after each
+    kill the file must load and hold either the previous or the new gallery."""
+    from nestspk.gallery import Gallery
+
+    path = workdir / "killed.npz"
+    g = Gallery(512, model="m")
+    g.enroll("previous", np.eye(512, dtype=np.float32)[:1])
+    g.save(path)
+    rng = np.random.default_rng(0)
+    counts: collections.Counter = collections.Counter()
+    for _ in range(n):
+        p = subprocess.Popen([PY, "-c", _KILL_SAVER.format(repo=str(REPO), path=str(path))], stdout=subprocess.PIPE,
+                             text=True)
+        p.stdout.readline()
+        time.sleep(float(rng.uniform(0, 0.4)))
+        p.send_signal(signal.SIGKILL)
+        p.wait()
+        try:
+            h = Gallery.load(path, model="m", dim=512)
+            counts["ok_previous" if h.speakers == ["previous"] else "ok_new" if len(h) == 3000 else "bad_content"] += 1
+        except Exception as e:  # noqa: BLE001
+            counts[f"crash:{type(e).__name__}"] += 1
+    return {"kills": n, "outcomes": dict(counts), "stale_tmp_files": len(list(workdir.glob(".killed.npz.*")))}
+
+
+def fuzz(verifier, n_cases: int, workdir: Path, kinds: str = "audio", kills: int = 0) -> dict:
+    """Run ``n_cases`` hypothesis-generated cases (derandomized) and count outcomes; never raises on failures.
+
+    ``kinds="audio"``: the audio strategies of issue 6 (arrays and files); ``"all"``: every issue-17 kind too
+    (:func:`extended_strategies`). ``kills``: also SIGKILL a gallery save that many times.
+    """
     from hypothesis import HealthCheck, Phase, given, settings
 
     counts: collections.Counter = collections.Counter()
+    by_kind: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
     failures: list[dict] = []
     slowest: list[tuple[float, str]] = []
+    ctx = {"verifier": verifier, "workdir": workdir}
 
     @settings(max_examples=n_cases, deadline=None, derandomize=True, database=None, phases=[Phase.generate],
               suppress_health_check=list(HealthCheck))
-    @given(strategies())
+    @given(strategies() if kinds == "audio" else extended_strategies(kinds))
     def one(case: Case) -> None:
         t = time.perf_counter()
-        outcome, detail = run_case(verifier, case, workdir, sum(counts.values()))
+        outcome, detail = run_any(ctx, case, sum(counts.values()))
         dt = time.perf_counter() - t
         slowest.append((dt, case.desc))
         counts[outcome] += 1
+        by_kind[case.kind][outcome] += 1
         if outcome.startswith(BAD_PREFIXES):
             failures.append({"case": case.desc, "outcome": outcome, "detail": detail})
 
     t0 = time.perf_counter()
+    cpu0 = time.process_time()
     one()
     slowest.sort(reverse=True)
-    return {"cases": sum(counts.values()), "outcomes": dict(counts.most_common()), "failures": failures,
-            "crashes": sum(v for k, v in counts.items() if k.startswith(BAD_PREFIXES)),
-            "wall_s": round(time.perf_counter() - t0, 1),
-            "slowest": [{"s": round(s, 2), "case": d} for s, d in slowest[:5]]}
+    res = {"cases": sum(counts.values()), "kinds": kinds, "outcomes": dict(counts.most_common()),
+           "by_kind": {k: dict(v.most_common()) for k, v in sorted(by_kind.items())}, "failures": failures,
+           "crashes": sum(v for k, v in counts.items() if k.startswith(BAD_PREFIXES)),
+           "raw_exceptions": sum(v for k, v in counts.items() if k.startswith("crash")),
+           "wall_s": round(time.perf_counter() - t0, 1), "cpu_s": round(time.process_time() - cpu0, 1),
+           "slowest": [{"s": round(s, 2), "case": d} for s, d in slowest[:5]]}
+    if kills:
+        res["kill_during_save"] = k = kill_during_save(kills, workdir)
+        bad = sum(v for o, v in k["outcomes"].items() if not o.startswith("ok"))
+        res["cases"] += kills
+        res["crashes"] += bad
+    return res
 
 
 # --------------------------------------------------------------------------- concurrency
@@ -442,6 +1010,54 @@ def embed_dir(n_files: int, n_corrupt: int, workdir: Path, kill_after: float, ki
     return res
 
 
+# --------------------------------------------------------------------------- speech-content check
+
+
+def speech_false_rejections(per_corpus: int) -> dict:
+    """Run :class:`nestspk.audio.SpeechCheck` over real speech: every file and trial segment of
+    weights/lists/*.txt, examples/*.flac and ``per_corpus`` random files (seed 0) of each Opus corpus;
+    count rejections (false rejections: all of it is speech). The noise corpus is run too, for reference."""
+    import random
+
+    from nestspk.audio import SpeechCheck
+    from nestspk.train.data import load_segment
+
+    specs = sorted({s for f in (REPO / "weights" / "lists").glob("*.txt") for line in f.read_text().splitlines()
+                    for s in line.split()[1:]})
+    extra: list[str] = []
+    for corpus in ["librispeech-test-clean", "librispeech-train-clean-5", "speechocean762", "arabic-speech-commands",
+                   "commonvoice-fa"]:
+        fs = sorted((DATA / corpus).rglob("*.opus"))
+        random.Random(0).shuffle(fs)
+        extra += [str(p.relative_to(DATA)) for p in fs[:per_corpus]]
+    groups = {"list_files": sorted({s.split("@")[0] for s in specs}), "list_segments": [s for s in specs if "@" in s],
+              "corpora_sample": extra, "examples": [str(p) for p in sorted((REPO / "examples").glob("*.flac"))],
+              "noise_reference": [str(p.relative_to(DATA)) for p in sorted((DATA / "noise").glob("*.flac"))]}
+    out: dict = {}
+    for group, items in groups.items():
+        rejected, load_errors, measures = [], 0, []
+        for spec in items:
+            try:
+                x = load_segment(spec, DATA)
+            except Exception:  # noqa: BLE001 - unloadable inputs are counted, not judged
+                load_errors += 1
+                continue
+            c = SpeechCheck()
+            c.add(x)
+            measures.append(c.measures())
+            if (why := c.problem()) is not None:
+                rejected.append({"input": spec, "why": why})
+        ext = {k: [round(min(m[k] for m in measures), 4), round(max(m[k] for m in measures), 4)]
+               for k in (measures[0] if measures else {})}
+        out[group] = {"inputs": len(items), "load_errors": load_errors, "rejected": len(rejected),
+                      "rejections": rejected[:20], "measure_ranges": ext}
+        log.info("%s: %d inputs, %d rejected", group, len(items), len(rejected))
+    speech_groups = [g for g in out if g != "noise_reference"]
+    out["false_rejections"] = sum(out[g]["rejected"] for g in speech_groups)
+    out["speech_inputs"] = sum(out[g]["inputs"] - out[g]["load_errors"] for g in speech_groups)
+    return out
+
+
 # --------------------------------------------------------------------------- report
 
 
@@ -528,6 +1144,11 @@ def main(argv: list[str] | None = None) -> int:
     sub = p.add_subparsers(dest="cmd", required=True)
     s = sub.add_parser("fuzz")
     s.add_argument("--cases", type=int, default=2000)
+    s.add_argument("--kinds", default="audio",
+                   help="audio: arrays and files (issue 6); all: every issue-17 kind as well; or a comma list of "
+                        "stream,source,content,tensor,gallery,card,trials,cli")
+    s.add_argument("--kills", type=int, default=0, help="also SIGKILL a gallery save this many times")
+    s.add_argument("--out", default=None, help="write the raw JSON here instead of merging into results/reliability.json")
     s = sub.add_parser("concurrency")
     s.add_argument("--threads", type=int, default=16)
     s.add_argument("--embeds", type=int, default=1000)
@@ -541,6 +1162,9 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--corrupt", type=int, default=5)
     s.add_argument("--kill-after", type=float, default=60.0, help="SIGINT after this many seconds ...")
     s.add_argument("--kill-at", type=int, default=800, help="... or once this many files are saved")
+    s = sub.add_parser("speech", help="false rejections of the speech-content check on real speech")
+    s.add_argument("--per-corpus", type=int, default=100, help="random files per Opus corpus")
+    s.add_argument("--out", default=None, help="write the raw JSON here")
     sub.add_parser("report")
     s = sub.add_parser("_embed-one")
     s.add_argument("path")
@@ -553,6 +1177,14 @@ def main(argv: list[str] | None = None) -> int:
     if a.cmd == "report":
         render()
         return 0
+    if a.cmd == "speech":
+        res = speech_false_rejections(a.per_corpus)
+        res["command"] = command
+        if a.out:
+            Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+            Path(a.out).write_text(json.dumps(res, indent=1))
+        log.info("speech: %d false rejections of %d speech inputs", res["false_rejections"], res["speech_inputs"])
+        return 0
     with tempfile.TemporaryDirectory(prefix="nestspk_rel_") as tmp:
         work = Path(tmp)
         if a.cmd in ("fuzz", "concurrency"):
@@ -560,7 +1192,13 @@ def main(argv: list[str] | None = None) -> int:
 
             v = Verifier("nested", device="cpu")
             if a.cmd == "fuzz":
-                res = fuzz(v, a.cases, work)
+                res = fuzz(v, a.cases, work, a.kinds, a.kills)
+                if a.out:
+                    res["command"] = command
+                    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+                    Path(a.out).write_text(json.dumps(res, indent=1, default=float))
+                    log.info("fuzz: %s", json.dumps({k: res[k] for k in ("cases", "crashes", "outcomes")}))
+                    return 0
             else:
                 clips = [real_speech(1.0 + 0.25 * (i % 5), i) for i in range(10)]
                 res = concurrency(v, clips, a.threads, a.embeds)

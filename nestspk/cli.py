@@ -1,68 +1,132 @@
 """``nestspk`` command line: verify two recordings, embed many, evaluate a trial list.
 
     nestspk verify a.wav b.wav [--model nested] [--backend torch|onnx] [--device auto] [--json]
-    nestspk embed FILE_OR_DIR ... -o embeddings.npy [--resume]
+    nestspk embed FILE_OR_DIR ... -o embeddings.npy [--resume] [--force]
     nestspk eval --trials weights/lists/test_trials.txt [--root DIR] [--score-norm asnorm] [--report-dir DIR]
 
-Exit status: 0 on success, 2 on bad input (one-line message on stderr), 1 on other errors.
+Exit status: 0 on success, 2 on bad input or arguments (one line on stderr, or one JSON object on
+stdout with ``verify --json``), 130 when interrupted, 1 on internal errors.
+
+``embed`` writes ``OUT`` (an ``(N, D)`` float32 ``.npy``) and ``OUT.json`` (model, file list, failures),
+both atomically. It never overwrites one of its inputs, and overwrites an existing ``OUT`` only when
+that is an embeddings file written by ``nestspk embed`` (or with ``--force``). Inputs named twice
+are embedded once (a note says so), so rows and names stay aligned.
 """
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
+import math
 import os
 import sys
 from pathlib import Path
+from typing import Any, NoReturn
 
 import numpy as np
 
-from .errors import NestspkError
+from .errors import InputError, NestspkError
 
-AUDIO_SUFFIXES = (".wav", ".flac", ".ogg")
+EMBEDDINGS_FORMAT = "nestspk-embeddings/1"
+OPERATING_POINTS = ("eer", "far_0.01", "far_0.001")
+log = logging.getLogger(__name__)
 
 
-def _add_model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default="nested", help="shipped model name or path to a model card (.json)")
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (exit 2) instead of a usage block."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _version() -> str:
+    from . import __version__
+
+    return __version__
+
+
+def _add_model_args(p: argparse.ArgumentParser, score_norm: bool) -> None:
+    p.add_argument("--model", default="nested", help="shipped model name (nested, resnetse34l) or a model card .json")
     p.add_argument("--backend", default="auto", choices=["auto", "torch", "onnx"],
                    help="runtime: auto (default: onnxruntime on CPU, torch on CUDA), torch or onnx")
     p.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:N")
-    p.add_argument("--score-norm", default=None, choices=["asnorm"], help="score normalisation")
+    if score_norm:
+        p.add_argument("--score-norm", default=None, choices=["asnorm"],
+                       help="score normalisation: asnorm (adaptive s-norm with the shipped cohort)")
     p.add_argument("--precision", default="fp32", choices=["fp32", "int8"],
-                   help="int8: the quantised ONNX model (needs --backend onnx)")
+                   help="fp32, or int8: the quantised ONNX model (needs --backend onnx)")
 
 
 def _threshold(text: str) -> float | str:
-    try:
-        return float(text)
-    except ValueError:
+    """argparse type: a finite number or an operating-point name."""
+    if text in OPERATING_POINTS:
         return text
+    try:
+        t = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text[:40]!r} is neither a number nor an operating point ({', '.join(OPERATING_POINTS)})") from None
+    if not math.isfinite(t):
+        raise argparse.ArgumentTypeError(f"threshold must be finite, got {text[:40]!r}")
+    return t
 
 
-def _verifier(a: argparse.Namespace, threshold: float | None = None):
+def _positive(text: str) -> int:
+    """argparse type: a positive int."""
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text[:40]!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {v}")
+    return v
+
+
+def _verifier(a: argparse.Namespace, threshold: float | str | None = None):
     from .verifier import Verifier
 
-    return Verifier(a.model, device=a.device, backend=a.backend, threshold=threshold, score_norm=a.score_norm,
-                    precision=a.precision)
+    return Verifier(a.model, device=a.device, backend=a.backend, threshold=threshold,
+                    score_norm=getattr(a, "score_norm", None), precision=a.precision)
 
 
 def _expand(inputs: list[str]) -> list[str]:
+    """Files of ``inputs`` (directories searched for every format soundfile reads), in order, duplicates dropped."""
+    from .audio import AUDIO_SUFFIXES
+
     files: list[str] = []
     for item in inputs:
         p = Path(item)
         if p.is_dir():
-            files += sorted(str(f) for f in p.rglob("*") if f.suffix.lower() in AUDIO_SUFFIXES)
-        else:
+            found = sorted(str(f) for f in p.rglob("*") if f.suffix.lower() in AUDIO_SUFFIXES and f.is_file())
+            if not found:
+                log.warning("%s: no audio files in this directory", _label(item))
+            files += found
+        elif p.exists():
             files.append(item)
-    return files
+        else:
+            raise InputError(f"{_label(item)}: no such file or directory")
+    unique = list(dict.fromkeys(files))
+    if len(unique) < len(files):
+        print(f"note: {len(files) - len(unique)} input(s) named more than once; each is embedded once",
+              file=sys.stderr)
+    return unique
+
+
+def _label(path: Any) -> str:
+    from .audio import describe_input
+
+    return describe_input(str(path))
 
 
 def cmd_verify(a: argparse.Namespace) -> int:
+    if isinstance(a.threshold, float) and a.score_norm is None and not -1.0 <= a.threshold <= 1.0:
+        raise InputError(f"--threshold {a.threshold} is outside [-1, 1], the range of cosine scores")
     v = _verifier(a, a.threshold)
     r = v.verify(a.audio_a, a.audio_b)
     if a.json:
         print(json.dumps({"score": r.score, "same_speaker": r.same_speaker, "threshold": r.threshold, "llr": r.llr,
-                          "model": v.model_name}))
+                          "model": v.model_name}, allow_nan=False))
     else:
         verdict = "same speaker" if r.same_speaker else "different speakers"
         op = ">=" if r.same_speaker else "<"
@@ -70,68 +134,199 @@ def cmd_verify(a: argparse.Namespace) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------- embed
+
+
+def _rows_digest(arr: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(arr, dtype=np.float32).tobytes()).hexdigest()
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return a.exists() and b.exists() and os.path.samefile(a, b)
+    except OSError:
+        return os.path.realpath(a) == os.path.realpath(b)
+
+
+def _read_sidecar(side: Path) -> dict:
+    """The sidecar JSON of an embeddings file, checked for shape; InputError naming it otherwise."""
+    try:
+        meta = json.loads(side.read_text(encoding="utf-8", errors="surrogateescape"))
+    except (OSError, ValueError, RecursionError) as e:
+        raise InputError(f"{side}: not a nestspk embeddings sidecar ({type(e).__name__}: {str(e)[:120]})") from e
+    ok = (isinstance(meta, dict) and isinstance(meta.get("model"), str) and isinstance(meta.get("files"), list)
+          and all(isinstance(f, str) for f in meta["files"]) and len(set(meta["files"])) == len(meta["files"])
+          and isinstance(meta.get("failed", {}), dict)
+          and all(isinstance(k, str) and isinstance(x, str) for k, x in meta.get("failed", {}).items()))
+    if not ok:
+        raise InputError(f"{side}: malformed nestspk embeddings sidecar (needs 'model', unique 'files' and 'failed')")
+    return meta
+
+
+def _is_ours(out: Path, side: Path) -> bool:
+    """True when ``out`` + ``side`` look like a pair written by ``nestspk embed``."""
+    if not (out.is_file() and side.is_file()):
+        return False
+    try:
+        _read_sidecar(side)
+        with open(out, "rb") as f:
+            np.lib.format.read_magic(f)
+    except (InputError, OSError, ValueError):
+        return False
+    return True
+
+
+def _check_output(out: Path, side: Path, files: list[str], force: bool) -> None:
+    """Refuse, before any work, an output that cannot be written or would destroy something."""
+    if out.is_dir():
+        raise InputError(f"-o {_label(out)}: is a directory; give a file name such as {_label(out / 'embeddings.npy')}")
+    parent = out.parent
+    up = parent
+    while not up.exists() and up != up.parent:
+        up = up.parent
+    if up.exists() and not up.is_dir():
+        raise InputError(f"-o {_label(out)}: {_label(up)} is a regular file, not a directory")
+    if not parent.is_dir():
+        raise InputError(f"-o {_label(out)}: output directory {_label(parent)} does not exist")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise InputError(f"-o {_label(out)}: cannot write to directory {_label(parent)}")
+    for f in files:
+        for target in (out, side):
+            if _same_file(Path(f), target):
+                raise InputError(f"-o {_label(out)}: would overwrite the input {_label(f)}")
+    if force or _is_ours(out, side):
+        return
+    for target in (out, side):
+        if target.exists():
+            raise InputError(f"-o {_label(out)}: {_label(target)} exists and is not a nestspk embeddings file;"
+                             " choose another name or pass --force to overwrite it")
+
+
+def _resume_state(out: Path, side: Path, model: str, dim: int) -> tuple[dict[str, int], list[np.ndarray], dict]:
+    try:
+        meta = _read_sidecar(side)
+    except InputError as e:
+        raise InputError(f"{e}; cannot resume") from e
+    if meta["model"] != model:
+        raise InputError(f"{side}: embeddings were made with model {meta['model'][:80]!r}; this run uses {model!r}."
+                         " Resume with the same --model, or write to another -o")
+    try:
+        prev = np.load(out, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as e:
+        raise InputError(f"{out}: not a readable .npy file ({type(e).__name__}: {str(e)[:120]}); cannot resume") from e
+    files = meta["files"]
+    if prev.ndim != 2 or prev.shape[1] != dim or prev.dtype != np.float32:
+        raise InputError(f"{out}: holds {prev.dtype} {prev.shape}, expected float32 (N, {dim}); cannot resume")
+    if len(prev) < len(files):
+        raise InputError(f"{out}: has {len(prev)} rows but {side} lists {len(files)} files; cannot resume")
+    # rows past the file list were saved by a run stopped between writing the .npy and the .json
+    rows = prev[:len(files)]
+    digest = meta.get("rows_sha256")
+    if digest is not None and digest != _rows_digest(rows):
+        raise InputError(f"{out}: its rows do not match the checksum in {side} (changed since it was written);"
+                         " cannot resume")
+    if not np.isfinite(rows).all():
+        raise InputError(f"{out}: holds non-finite rows; cannot resume")
+    return {f: i for i, f in enumerate(files)}, list(rows), dict(meta.get("failed", {}))
+
+
 def cmd_embed(a: argparse.Namespace) -> int:
     """Embeds files in chunks, saving after each chunk so ``--resume`` can continue an interrupted run."""
     from tqdm import tqdm
 
+    from .fileio import atomic_write
+
     files = _expand(a.inputs)
     if not files:
-        raise NestspkError("no audio files found in the given inputs")
+        raise InputError("no audio files found in the given inputs")
     out = Path(a.output)
     side = out.with_name(out.name + ".json")
+    resuming = a.resume and out.exists() and side.exists()
+    _check_output(out, side, files, a.force or resuming)  # resuming: _resume_state validates the pair below
+    if a.resume and not resuming:
+        print(f"note: nothing to resume at {_label(out)}; starting afresh", file=sys.stderr)
+    v = _verifier(a)
     done: dict[str, int] = {}
     embs: list[np.ndarray] = []
     failed: dict[str, str] = {}
-    if a.resume and out.exists() and side.exists():
-        meta = json.loads(side.read_text())
-        prev = np.load(out, allow_pickle=False)
-        done = {f: i for i, f in enumerate(meta["files"])}
-        if len(prev) < len(done):
-            raise NestspkError(f"{out}: has {len(prev)} rows but {side} lists {len(done)} files; cannot resume")
-        # rows past the file list were saved by a run stopped between writing the .npy and the .json
-        embs = list(prev[:len(done)])
-        failed = meta.get("failed", {})
-    v = _verifier(a)
+    if resuming:
+        done, embs, failed = _resume_state(out, side, v.model_name, v.embed_dim)
     todo = [f for f in files if f not in done and f not in failed]
 
     def save() -> None:
-        names = list(done)
-        arr = np.stack(embs) if embs else np.zeros((0, v.embed_dim), np.float32)
-        tmp = out.with_name(out.name + ".tmp.npy")
-        np.save(tmp, arr)
-        os.replace(tmp, out)
-        tmp_side = side.with_name(side.name + ".tmp")
-        tmp_side.write_text(json.dumps({"model": v.model_name, "files": names, "failed": failed}, indent=1))
-        os.replace(tmp_side, side)
+        arr = np.stack(embs).astype(np.float32) if embs else np.zeros((0, v.embed_dim), np.float32)
+        meta = {"format": EMBEDDINGS_FORMAT, "model": v.model_name, "embed_dim": v.embed_dim,
+                "files": list(done), "failed": failed, "rows_sha256": _rows_digest(arr)}
+        try:
+            with atomic_write(out) as f:
+                np.save(f, arr)
+            with atomic_write(side) as f:
+                f.write(json.dumps(meta, indent=1).encode())
+        except OSError as e:
+            raise NestspkError(f"{_label(out)}: cannot write the embeddings ({e.strerror or e})") from e
 
-    chunk = max(1, a.batch_size)
-    with tqdm(total=len(todo), unit="file", disable=a.quiet) as bar:
-        for k in range(0, len(todo), chunk):
-            part = todo[k:k + chunk]
-            try:
-                got = v.embed_batch(part, batch_size=a.batch_size)
-                for f, e in zip(part, got):
-                    done[f] = len(embs)
-                    embs.append(e)
-            except NestspkError:  # find the bad file(s) one by one, keep the good ones
-                for f in part:
-                    try:
-                        e = v.embed(f)
-                    except NestspkError as err:
-                        failed[f] = str(err)
-                        continue
-                    done[f] = len(embs)
-                    embs.append(e)
-            bar.update(len(part))
-            save()
+    chunk = a.batch_size
+    try:
+        with tqdm(total=len(todo), unit="file", disable=a.quiet) as bar:
+            for k in range(0, len(todo), chunk):
+                part = todo[k:k + chunk]
+                try:
+                    got = v.embed_batch(part, batch_size=a.batch_size)
+                    for f, e in zip(part, got):
+                        done[f] = len(embs)
+                        embs.append(e)
+                except NestspkError:  # find the bad file(s) one by one, keep the good ones
+                    for f in part:
+                        try:
+                            e = v.embed(f)
+                        except NestspkError as err:
+                            failed[f] = str(err)
+                            continue
+                        done[f] = len(embs)
+                        embs.append(e)
+                bar.update(len(part))
+                save()
+    except KeyboardInterrupt:
+        save()
+        print(f"nestspk: interrupted: {len(done)} of {len(files)} embeddings saved in {_label(out)}; run the same"
+              " command with --resume to continue", file=sys.stderr)
+        return 130
     save()
-    print(f"wrote {len(done)} embeddings ({v.embed_dim}-d) to {out}; file list in {side}")
+    print(f"wrote {len(done)} embeddings ({v.embed_dim}-d) to {_label(out)}; file list in {_label(side)}")
     if failed:
         print(f"{len(failed)} file(s) failed:", file=sys.stderr)
-        for f, err in failed.items():
+        for err in failed.values():
             print(f"  {err}", file=sys.stderr)
         return 2 if not done else 0
     return 0
+
+
+# --------------------------------------------------------------------------- eval
+
+
+def _read_trials(path: str) -> list[tuple[int, str, str]]:
+    """Trial list rows; InputError naming the file (and line) for anything malformed or empty."""
+    from .corpus import read_trials, split_segment
+    p = Path(path)
+    if not p.is_file():
+        raise InputError(f"{_label(p)}: trial list not found")
+    try:
+        trials = read_trials(p)
+    except NestspkError:
+        raise
+    except (ValueError, UnicodeDecodeError, OSError) as e:
+        raise InputError(f"{_label(p)}: {e}" if str(p) not in str(e) else str(e)) from e
+    if not trials:
+        raise InputError(f"{_label(p)}: no trials (only blank or comment lines)")
+    for i, (_, x, y) in enumerate(trials, 1):
+        for spec in (x, y):
+            try:
+                _, start, end = split_segment(spec)
+                if start is not None and not 0 <= start < end:
+                    raise ValueError("need 0 <= START < END")
+            except ValueError as e:
+                raise InputError(f"{_label(p)}: trial {i}: bad segment {spec[:80]!r} ({e})") from e
+    return trials
 
 
 def cmd_eval(a: argparse.Namespace) -> int:
@@ -139,6 +334,8 @@ def cmd_eval(a: argparse.Namespace) -> int:
 
     v = _verifier(a)
     trials = a.trials if a.trials else v.card.list_path("test")
+    if a.trials and Path(a.trials).is_file():
+        _read_trials(a.trials)  # malformed lines, and lists without both labels, fail before any embedding
     res = score_trials(v.embedder, trials, a.root, cohort=v._cohort, batch_size=a.batch_size)
     figures = res.metrics()
     out = {"model": v.model_name, "trials": res.trials, "backend": v.backend, "device": v.device,
@@ -152,43 +349,70 @@ def cmd_eval(a: argparse.Namespace) -> int:
           f"minDCF(0.05) {figures['min_dcf_0.05']:.3f}  ({figures['n_kept']} trials{skipped}, {figures['n_target']} target, "
           f"score norm: {figures['score_norm']})")
     if a.json:
-        Path(a.json).write_text(json.dumps(out, indent=1, default=float))
+        from .fileio import atomic_write
+
+        with atomic_write(a.json) as f:
+            f.write(json.dumps(out, indent=1, default=float).encode())
     return 0
 
 
+# --------------------------------------------------------------------------- parser
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="nestspk", description="Speaker verification (nested encoder).")
-    p.add_argument("-v", "--verbose", action="store_true")
-    sub = p.add_subparsers(dest="command", required=True)
-    pv = sub.add_parser("verify", help="are two recordings the same speaker?")
-    pv.add_argument("audio_a")
-    pv.add_argument("audio_b")
+    p = _Parser(prog="nestspk", description="Speaker verification (nested encoder).")
+    p.add_argument("-v", "--verbose", action="store_true", help="log progress details (INFO level)")
+    p.add_argument("--version", action="version", version=f"nestspk {_version()}", help="print the version and exit")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser, metavar="{verify,embed,eval}")
+    pv = sub.add_parser("verify", help="are two recordings the same speaker?",
+                        description="Are two recordings the same speaker? Prints the decision and the score.")
+    pv.add_argument("audio_a", help="first recording (any format soundfile reads)")
+    pv.add_argument("audio_b", help="second recording")
     pv.add_argument("--threshold", type=_threshold, default=None,
-                    help="a score, or an operating point from the card: eer (default), far_0.01, far_0.001")
-    pv.add_argument("--json", action="store_true")
-    _add_model_args(pv)
+                    help="a score (finite; within [-1, 1] for raw cosine), or an operating point from the card: "
+                         "eer (default), far_0.01, far_0.001")
+    pv.add_argument("--json", action="store_true", help="print the result (or an error) as one JSON object")
+    _add_model_args(pv, score_norm=True)
     pv.set_defaults(func=cmd_verify)
-    pe = sub.add_parser("embed", help="embed files (or directories of audio) into an .npy matrix")
-    pe.add_argument("inputs", nargs="+")
-    pe.add_argument("-o", "--output", required=True)
-    pe.add_argument("--batch-size", type=int, default=32)
-    pe.add_argument("--resume", action="store_true", help="continue an interrupted run into the same output")
-    pe.add_argument("--quiet", action="store_true")
-    _add_model_args(pe)
+    pe = sub.add_parser("embed", help="embed files (or directories of audio) into an .npy matrix",
+                        description="Embed files (directories are searched for every format soundfile reads) into "
+                                    "an (N, D) .npy matrix with a .json file list beside it.")
+    pe.add_argument("inputs", nargs="+", help="audio files and/or directories")
+    pe.add_argument("-o", "--output", required=True,
+                    help="output .npy (the file list goes to OUTPUT.json); an existing file is replaced only if "
+                         "nestspk embed wrote it")
+    pe.add_argument("--batch-size", type=_positive, default=32, help="files per forward pass and per save (default 32)")
+    pe.add_argument("--resume", action="store_true",
+                    help="continue an interrupted run into the same output (same --model required)")
+    pe.add_argument("--force", action="store_true",
+                    help="overwrite OUTPUT even if it is not a nestspk embeddings file (never one of the inputs)")
+    pe.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_model_args(pe, score_norm=False)
     pe.set_defaults(func=cmd_embed)
-    pt = sub.add_parser("eval", help="EER/minDCF on a VoxCeleb-style trial list (label path1 path2)")
+    pt = sub.add_parser("eval", help="EER/minDCF on a VoxCeleb-style trial list (label path1 path2)",
+                        description="EER and minDCF of a trial list (lines 'label path1 path2', label 1 = same "
+                                    "speaker; paths may be 'file@START-END' segments in seconds).")
     pt.add_argument("--trials", default=None,
                     help="trial list (default: the model card's test list; a relative path not found here is "
                          "looked up beside the card, e.g. lists/dev_trials.txt)")
     pt.add_argument("--root", default=None,
                     help="folder the trial paths are relative to (default $NESTSPK_DATA or ../shared/data)")
-    pt.add_argument("--batch-size", type=int, default=32)
+    pt.add_argument("--batch-size", type=_positive, default=32, help="segments per forward pass (default 32)")
     pt.add_argument("--report-dir", default=None, help="write report.json, det.png, hist.png here")
-    pt.add_argument("--json", default=None, help="write the figures as JSON to this file")
-    pt.add_argument("--quiet", action="store_true")
-    _add_model_args(pt)
+    pt.add_argument("--json", default=None, metavar="FILE", help="write the figures as JSON to this file")
+    pt.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_model_args(pt, score_norm=True)
     pt.set_defaults(func=cmd_eval)
     return p
+
+
+def _fail(a: argparse.Namespace, e: BaseException) -> int:
+    msg = " ".join(str(e).split()) or type(e).__name__  # one line
+    if getattr(a, "json", None) is True:
+        print(json.dumps({"error": msg, "type": type(e).__name__, "exit": 2}))
+    else:
+        print(f"nestspk: error: {msg}", file=sys.stderr)
+    return 2
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -196,10 +420,10 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if a.verbose else logging.WARNING, format="%(levelname)s %(message)s")
     try:
         return a.func(a)
-    except (NestspkError, FileNotFoundError, ValueError) as e:
-        print(f"nestspk: error: {e}", file=sys.stderr)
-        return 2
+    except (NestspkError, ValueError, OSError) as e:  # OSError: e.g. a report folder that cannot be written
+        return _fail(a, e)
     except KeyboardInterrupt:
+        print("nestspk: interrupted", file=sys.stderr)
         return 130
 
 

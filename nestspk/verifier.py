@@ -1,39 +1,43 @@
 """The user-facing API: ``Verifier`` embeds, verifies and identifies speakers.
 
-Any input accepted by :func:`nestspk.audio.load_audio` works: a file path
-(WAV/FLAC/OGG, any sample rate, mono or multi-channel), a numpy array or a torch
-tensor (``sample_rate`` defaults to 16 kHz for arrays). Audio longer than
-``LONG_AUDIO_S`` (20 s) is embedded as the average of ``WINDOW_S`` (10 s) windows
-with ``HOP_S`` (5 s) hop (the last window aligned to the end); files that long are
-streamed from disk, so memory stays bounded for hour-long recordings.
+Any input accepted by :func:`nestspk.audio.open_audio` works: a file path (any format
+soundfile reads, any sample rate, mono or multi-channel), encoded file ``bytes``, a binary file
+object, a numpy array or a torch tensor (``sample_rate`` defaults to 16 kHz for arrays). Audio
+longer than ``LONG_AUDIO_S`` (20 s) is embedded as the average of ``WINDOW_S`` (10 s) windows
+with ``HOP_S`` (5 s) hop (the last window aligned to the end; :func:`nestspk.audio.plan_segments`,
+the same for arrays and files); files that long are streamed, so memory stays bounded for
+hour-long recordings.
+
+Inputs must hold some speech-like content (:class:`nestspk.audio.SpeechCheck`: energy above the
+floor, energy in the speech band, a non-noise spectrum, a varying level); digital silence with a
+click, white noise or mains hum raise :class:`~nestspk.errors.AudioError` instead of an embedding
+(set ``Verifier.speech_check = False`` to embed anything). In a batch, errors name the item index.
 """
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
 import threading
 from collections import defaultdict
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable
 
 import numpy as np
 
-from .audio import SILENCE_PEAK, TARGET_SAMPLE_RATE, audio_info, iter_windows, load_audio
+from .audio import (HOP_S, LONG_AUDIO_S, WINDOW_S, AudioSource, SpeechCheck,  # noqa: F401 (re-exported)
+                    describe_input, open_audio)
 from .card import PRECISIONS, ModelCard
-from .errors import AudioError, GalleryError, NestspkError
+from .errors import AudioError, GalleryError, InputError, NestspkError
+from .gallery import UNKNOWN, Gallery  # noqa: F401 (UNKNOWN re-exported)
 from .runtime import BACKENDS, Embedder, make_embedder, resolve_backend
 
 log = logging.getLogger(__name__)
 
-LONG_AUDIO_S = 20.0
-WINDOW_S = 10.0
-HOP_S = 5.0
 LONG_AUDIO_BATCH = 8  # windows per forward pass when streaming a long file (bounds peak memory)
 
-AudioInput = Any  # str | os.PathLike | np.ndarray | torch.Tensor
+AudioInput = Any  # str | os.PathLike | bytes | BinaryIO | np.ndarray | torch.Tensor
+_SINGLE_INPUT = (str, bytes, bytearray, memoryview, os.PathLike, np.ndarray)
 
 
 @dataclass(frozen=True)
@@ -114,8 +118,8 @@ class Verifier:
 
             self._cohort = Cohort.from_card(card)
         self.threshold = self._resolve_threshold(threshold)
-        self._gallery: dict[str, np.ndarray] = {}
-        self._gallery_counts: dict[str, int] = {}
+        self.gallery = Gallery(self.embed_dim, self.model_name)
+        self.speech_check = True  # reject inputs without speech-like content (see nestspk.audio.SpeechCheck)
         self._lock = threading.Lock()
 
     @property
@@ -148,27 +152,6 @@ class Verifier:
         return f"Verifier(model={self.model_name!r}, backend={self.backend!r}, device={self.device!r}{extra})"
 
     # -- embedding -----------------------------------------------------------------
-    def _is_long_file(self, audio: AudioInput, sample_rate: int | None) -> bool:
-        if isinstance(audio, (str, os.PathLike)):
-            frames, sr, _ = audio_info(audio)
-            if sample_rate is not None and sample_rate != sr:
-                raise AudioError(f"{audio}: sample_rate={sample_rate} Hz given but the file is {sr} Hz "
-                                 "(pass sample_rate=None for files)")
-            return frames / sr > LONG_AUDIO_S
-        return False
-
-    @staticmethod
-    def _split_windows(wav: np.ndarray) -> list[np.ndarray]:
-        """A loaded 16 kHz waveform -> itself, or WINDOW_S windows if longer than LONG_AUDIO_S."""
-        n = len(wav)
-        if n <= LONG_AUDIO_S * TARGET_SAMPLE_RATE:
-            return [wav]
-        win, hop = int(WINDOW_S * TARGET_SAMPLE_RATE), int(HOP_S * TARGET_SAMPLE_RATE)
-        starts = list(range(0, n - win + 1, hop))
-        if starts[-1] + win < n:
-            starts.append(n - win)
-        return [wav[s:s + win] for s in starts]
-
     def _run(self, windows: list[np.ndarray]) -> np.ndarray:
         embs = self.embedder.embed_batch(np.stack(windows))
         if not np.isfinite(embs).all():
@@ -177,46 +160,87 @@ class Verifier:
 
     def embed(self, audio: AudioInput, sample_rate: int | None = None) -> np.ndarray:
         """One input -> L2-normalised embedding, shape (embed_dim,), float32."""
-        return self.embed_batch([audio], sample_rate=sample_rate)[0]
+        return self._embed_all([audio], sample_rate, 32, single=True)[0]
 
-    def embed_batch(self, audios: Sequence[AudioInput], sample_rate: int | None = None,
+    def embed_batch(self, audios: Iterable[AudioInput], sample_rate: int | None = None,
                     batch_size: int = 32) -> np.ndarray:
-        """Many inputs -> (N, embed_dim) float32, rows L2-normalised.
+        """Many inputs (any iterable, generators included) -> (N, embed_dim) float32, rows L2-normalised.
 
-        Windows of equal length are batched together (length bucketing without
-        padding), so results equal embedding each input on its own. Long files are
-        streamed window by window, so memory does not grow with their duration.
+        Plan, then batch, then reduce: every input is opened and validated first (one header read
+        per file), so a bad item fails before any compute, with an AudioError naming its index.
+        Windows of equal length are batched together (length bucketing without padding), so
+        results equal embedding each input on its own. Long files are streamed window by window,
+        so memory does not grow with their duration.
         """
-        if isinstance(audios, (str, os.PathLike, np.ndarray)) or hasattr(audios, "detach"):
-            raise TypeError("embed_batch takes a list of inputs; use embed() for a single one")
-        if batch_size < 1:
-            raise ValueError("batch_size must be >= 1")
-        sums = np.zeros((len(audios), self.embed_dim), dtype=np.float64)
+        if isinstance(audios, _SINGLE_INPUT) or hasattr(audios, "detach") or hasattr(audios, "read"):
+            raise InputError(f"embed_batch takes a list of inputs, got one {describe_input(audios)}; "
+                             "use embed() for a single input")
+        try:
+            items = list(audios)
+        except TypeError as e:
+            raise InputError(f"embed_batch takes an iterable of inputs, got {type(audios).__name__}") from e
+        return self._embed_all(items, sample_rate, batch_size, single=False)
+
+    def _embed_all(self, items: list[AudioInput], sample_rate: int | None, batch_size: int,
+                   single: bool) -> np.ndarray:
+        batch_size = _positive_int(batch_size, "batch_size")
+        n = len(items)
+
+        def where(i: int) -> str:
+            return "" if single else f"item {i} of {n}: "
+
+        plans: list[tuple[AudioSource, Any]] = []
+        for i, audio in enumerate(items):  # plan: open + validate every input (headers only for files)
+            try:
+                src = open_audio(audio, sample_rate)
+            except AudioError as e:
+                raise AudioError(f"{where(i)}{e}") from e
+            plans.append((src, src.plan()))
+        sums = np.zeros((n, self.embed_dim), dtype=np.float64)
         buckets: dict[int, list[tuple[int, np.ndarray]]] = defaultdict(list)
-        for i, audio in enumerate(audios):
-            if self._is_long_file(audio, sample_rate):
-                buf: list[np.ndarray] = []
-                peak = 0.0
-                for w in iter_windows(audio, WINDOW_S, HOP_S):
-                    peak = max(peak, float(np.abs(w).max()))
-                    buf.append(w)
-                    if len(buf) == min(batch_size, LONG_AUDIO_BATCH):
-                        sums[i] += self._run(buf).sum(axis=0)
-                        buf = []
-                if buf:
-                    sums[i] += self._run(buf).sum(axis=0)
-                if peak < SILENCE_PEAK:
-                    raise AudioError(f"{audio}: silent (peak {peak:.3g} < {SILENCE_PEAK:g})")
-                continue
-            for w in self._split_windows(load_audio(audio, sample_rate)):
-                buckets[len(w)].append((i, w))
+        for i, (src, plan) in enumerate(plans):
+            try:
+                if plan.windowed:  # batch: long inputs stream their windows in groups
+                    sums[i] = self._embed_windows(src, plan, min(batch_size, LONG_AUDIO_BATCH))
+                    continue
+                wav = src.read()
+                self._check_speech([wav], src.label)
+            except AudioError as e:
+                raise AudioError(f"{where(i)}{e}") from e
+            buckets[len(wav)].append((i, wav))
         for group in buckets.values():
             for k in range(0, len(group), batch_size):
                 chunk = group[k:k + batch_size]
                 for (i, _), e in zip(chunk, self._run([w for _, w in chunk])):
                     sums[i] += e
-        norms = np.linalg.norm(sums, axis=1, keepdims=True)
+        norms = np.linalg.norm(sums, axis=1, keepdims=True)  # reduce: mean direction of the windows
         return (sums / np.maximum(norms, 1e-12)).astype(np.float32)
+
+    def _embed_windows(self, src: AudioSource, plan: Any, group: int) -> np.ndarray:
+        total = np.zeros(self.embed_dim, dtype=np.float64)
+        check = SpeechCheck()
+        buf: list[np.ndarray] = []
+        covered = 0  # the speech check sees each sample once, not once per overlapping window
+        for w, s in zip(src.windows(plan.starts, plan.window), plan.starts):  # windows first: its end checks run
+            if s + len(w) > covered:
+                check.add(w[max(covered - s, 0):])
+                covered = s + len(w)
+            buf.append(w)
+            if len(buf) == group:
+                total += self._run(buf).sum(axis=0)
+                buf = []
+        if buf:
+            total += self._run(buf).sum(axis=0)
+        if self.speech_check:
+            check.check(src.label)
+        return total
+
+    def _check_speech(self, wavs: list[np.ndarray], label: str) -> None:
+        if self.speech_check:
+            check = SpeechCheck()
+            for w in wavs:
+                check.add(w)
+            check.check(label)
 
     # -- verification ----------------------------------------------------------------
     def score_embeddings(self, emb_a: np.ndarray, emb_b: np.ndarray) -> np.ndarray | float:
@@ -239,70 +263,71 @@ class Verifier:
 
     # -- identification ------------------------------------------------------------------
     def enroll(self, name: str, recordings: Iterable[AudioInput] | AudioInput, sample_rate: int | None = None) -> None:
-        """Add (or extend) speaker ``name`` in the in-memory gallery from one or more recordings."""
-        if not isinstance(name, str) or not name.strip():
-            raise GalleryError(f"speaker name must be a non-empty string, got {name!r}")
-        if isinstance(recordings, (str, os.PathLike, np.ndarray)) or hasattr(recordings, "detach"):
-            recordings = [recordings]
-        recordings = list(recordings)
-        if not recordings:
-            raise GalleryError(f"enroll({name!r}): no recordings given")
-        embs = self.embed_batch(recordings, sample_rate=sample_rate)
-        with self._lock:
-            n_old = self._gallery_counts.get(name, 0)
-            total = embs.sum(axis=0) + (self._gallery[name] * n_old if n_old else 0)
-            self._gallery_counts[name] = n_old + len(embs)
-            self._gallery[name] = (total / self._gallery_counts[name]).astype(np.float32)
+        """Add (or extend) speaker ``name`` in the gallery from one or more recordings (running mean)."""
+        from .gallery import check_name
 
-    def identify(self, audio: AudioInput, top_k: int = 5, sample_rate: int | None = None) -> list[tuple[str, float]]:
-        """Gallery speakers ranked by score: up to ``top_k`` ``(name, score)`` pairs, best first."""
-        with self._lock:
-            if not self._gallery:
-                raise GalleryError("the gallery is empty; enroll() speakers first")
-            names = list(self._gallery)
-            centroids = np.stack([self._gallery[n] for n in names])
-        centroids = centroids / np.linalg.norm(centroids, axis=1, keepdims=True)
+        check_name(name)
+        if isinstance(recordings, _SINGLE_INPUT) or hasattr(recordings, "detach") or hasattr(recordings, "read"):
+            recordings = [recordings]
+        try:
+            recordings = list(recordings)
+        except TypeError as e:
+            raise InputError(f"enroll({name!r:.80}): recordings must be an input or an iterable of inputs,"
+                             f" got {type(recordings).__name__}") from e
+        if not recordings:
+            raise GalleryError(f"enroll({name!r:.80}): no recordings given")
+        embs = self._embed_all(recordings, sample_rate, 32, single=len(recordings) == 1)
+        self.gallery.enroll(name, embs)
+
+    def remove(self, name: str) -> None:
+        """Forget speaker ``name``; GalleryError if it is not enrolled."""
+        self.gallery.remove(name)
+
+    def identify(self, audio: AudioInput, top_k: int = 5, sample_rate: int | None = None,
+                 threshold: float | str | None = None) -> list[tuple[str, float]]:
+        """Gallery speakers ranked by score: up to ``top_k`` ``(name, score)`` pairs, best first.
+
+        With ``threshold`` (a number on this verifier's score scale, or an operating point such as
+        ``"eer"``), only speakers scoring ``>= threshold`` are returned, and ``[("<unknown>", best
+        score)]`` (:data:`nestspk.gallery.UNKNOWN`) when none does. With AS-norm every enrolled
+        speaker is scored and re-ranked on the normalised scale.
+        """
+        top_k = _positive_int(top_k, "top_k")
+        thr = None if threshold is None else self._resolve_threshold(threshold)
+        g = self.gallery  # one gallery throughout, even if load_gallery() swaps it meanwhile
+        if len(g) == 0:
+            raise GalleryError("the gallery is empty; enroll() speakers first")
         e = self.embed(audio, sample_rate)
-        scores = self.score_embeddings(np.repeat(e[None], len(names), 0), centroids)
-        order = np.argsort(-scores)[:top_k]
-        return [(names[i], float(scores[i])) for i in order]
+        if self._cohort is None:
+            scores, names = g.search(e, top_k)
+        else:
+            _, names = g.search(e, len(g))
+            cents = np.stack([g.centroid(nm) for nm in names])
+            cents /= np.linalg.norm(cents, axis=1, keepdims=True)
+            scores = np.asarray(self.score_embeddings(np.repeat(e[None], len(names), 0), cents))
+            order = np.argsort(-scores, kind="stable")[:top_k]
+            scores, names = scores[order], [names[i] for i in order]
+        from .gallery import apply_threshold
+
+        return apply_threshold([(nm, float(sc)) for nm, sc in zip(names, scores)], thr)
 
     @property
     def speakers(self) -> list[str]:
-        return list(self._gallery)
+        """Enrolled speaker names, in enrolment order."""
+        return self.gallery.speakers
 
     def save_gallery(self, path: str | os.PathLike) -> None:
-        """Write the gallery to ``path`` (.npz: names, centroid sums and counts; no pickle)."""
-        with self._lock:
-            names = list(self._gallery)
-            emb = np.stack([self._gallery[n] for n in names]) if names else np.zeros((0, self.embed_dim), np.float32)
-            counts = np.array([self._gallery_counts[n] for n in names], dtype=np.int64)
-        meta = json.dumps({"format": "nestspk-gallery/1", "model": self.model_name, "embed_dim": self.embed_dim})
-        with open(path, "wb") as f:
-            np.savez(f, names=np.array(names, dtype=np.str_), embeddings=emb.astype(np.float32), counts=counts,
-                     meta=np.array(meta))
+        """Write the gallery to ``path`` (.npz, no pickle) atomically; see :meth:`nestspk.gallery.Gallery.save`."""
+        self.gallery.save(path)
 
     def load_gallery(self, path: str | os.PathLike) -> None:
-        """Replace the gallery by the one saved at ``path``; rejects malformed files and other models'."""
-        try:
-            with np.load(path, allow_pickle=False) as z:
-                names, emb, counts, meta = z["names"], z["embeddings"], z["counts"], json.loads(str(z["meta"]))
-        except (OSError, ValueError, KeyError, json.JSONDecodeError, EOFError) as e:
-            raise GalleryError(f"{path}: not a nestspk gallery file ({type(e).__name__}: {e})") from e
-        if not isinstance(meta, dict):
-            raise GalleryError(f"{path}: not a nestspk gallery file (meta is not a JSON object)")
-        if meta.get("format") != "nestspk-gallery/1":
-            raise GalleryError(f"{path}: unknown gallery format {meta.get('format')!r}")
-        if meta.get("model") != self.model_name:
-            raise GalleryError(f"{path}: gallery was made with model {meta.get('model')!r}, this verifier uses {self.model_name!r}")
-        if names.ndim != 1 or emb.ndim != 2 or emb.shape != (len(names), self.embed_dim) or counts.shape != names.shape:
-            raise GalleryError(f"{path}: inconsistent shapes names {names.shape}, embeddings {emb.shape}, counts {counts.shape}")
-        if names.dtype.kind != "U" or emb.dtype.kind != "f" or counts.dtype.kind not in "iu":
-            raise GalleryError(f"{path}: wrong dtypes names {names.dtype}, embeddings {emb.dtype}, counts {counts.dtype}")
-        if len(set(names.tolist())) != len(names):
-            raise GalleryError(f"{path}: duplicate speaker names")
-        if not np.isfinite(emb).all() or (counts < 1).any():
-            raise GalleryError(f"{path}: non-finite embeddings or invalid counts")
-        with self._lock:
-            self._gallery = {str(n): emb[i].astype(np.float32) for i, n in enumerate(names)}
-            self._gallery_counts = {str(n): int(counts[i]) for i, n in enumerate(names)}
+        """Replace the gallery by the one saved at ``path``; GalleryError (gallery unchanged) for a missing,
+        malformed or oversized file, or one made with another model."""
+        self.gallery = Gallery.load(path, model=self.model_name, dim=self.embed_dim)
+
+
+def _positive_int(v: Any, what: str) -> int:
+    """``v`` as int when it is a positive integer (not bool); InputError otherwise."""
+    if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)) or int(v) < 1:
+        raise InputError(f"{what} must be a positive int; got {v!r:.80}")
+    return int(v)

@@ -11,6 +11,20 @@ REPO = Path(__file__).resolve().parent.parent
 EXAMPLES = REPO / "examples"
 
 
+def reliability_bench():
+    """benchmarks/reliability.py as a module (its fuzz strategies and helpers are shared with the tests)."""
+    import importlib.util
+    import sys
+
+    name = "nestspk_reliability_bench"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, REPO / "benchmarks" / "reliability.py")
+        mod = importlib.util.module_from_spec(spec)
+        sys.modules[name] = mod
+        spec.loader.exec_module(mod)
+    return sys.modules[name]
+
+
 def data_root() -> Path:
     return Path(os.environ.get("NESTSPK_DATA", REPO.parent / "shared" / "data"))
 
