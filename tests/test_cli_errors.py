@@ -95,7 +95,6 @@ def test_verify_json_errors_are_json(wavs, capsys) -> None:
     assert rc == 2 and res["exit"] == 2 and "file not found" in res["error"] and res["type"] == "AudioError"
 
 
-@pytest.mark.xfail(strict=True, reason="BackendError for --device cuda lands from the runtime branch")
 def test_device_cuda_without_cuda_is_one_line(wavs, capsys) -> None:
     import torch
 
