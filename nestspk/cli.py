@@ -104,7 +104,21 @@ def cmd_embed(a: argparse.Namespace) -> int:
         os.replace(tmp_side, side)
 
     chunk = max(1, a.batch_size)
-    with tqdm(total=len(todo), unit="file", disable=a.quiet) as bar:
+    if a.workers > 0:  # pipelined: decoding in worker processes overlapped with model batches (nestspk.pipeline)
+        from .pipeline import embed_files
+
+        with tqdm(total=len(todo), unit="file", disable=a.quiet) as bar:
+            for k, (f, e, err) in enumerate(embed_files(v, todo, workers=a.workers, batch_size=a.batch_size)):
+                if err is None:
+                    done[f] = len(embs)
+                    embs.append(e)
+                else:
+                    failed[f] = err
+                bar.update(1)
+                if (k + 1) % chunk == 0:
+                    save()
+        todo = []
+    with tqdm(total=len(todo), unit="file", disable=a.quiet or not todo) as bar:
         for k in range(0, len(todo), chunk):
             part = todo[k:k + chunk]
             try:
@@ -183,6 +197,8 @@ def build_parser() -> argparse.ArgumentParser:
     pe.add_argument("-o", "--output", required=True)
     pe.add_argument("--batch-size", type=int, default=32)
     pe.add_argument("--resume", action="store_true", help="continue an interrupted run into the same output")
+    pe.add_argument("--workers", type=int, default=0,
+                    help="decode files in N worker processes, overlapped with the model (0: no pipelining)")
     pe.add_argument("--quiet", action="store_true")
     _add_model_args(pe)
     pe.set_defaults(func=cmd_embed)
