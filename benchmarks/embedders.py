@@ -74,7 +74,25 @@ def _torch_embedder_class():
     return TorchEmbedder
 
 
-class _PrecisionModel:
+class _Wrapped:
+    """A module stand-in for a TorchEmbedder: ``to`` / ``eval`` pass through, ``embed_dim`` forwarded."""
+
+    model: Any
+
+    @property
+    def embed_dim(self) -> int:
+        return self.model.embed_dim
+
+    def to(self, *args: Any, **kwargs: Any) -> "_Wrapped":
+        self.model = self.model.to(*args, **kwargs)
+        return self
+
+    def eval(self) -> "_Wrapped":
+        self.model.eval()
+        return self
+
+
+class _PrecisionModel(_Wrapped):
     """``embed`` of a module under autocast (``fp16`` / ``bf16``), output cast back to float32."""
 
     def __init__(self, model: Any, dtype: Any):
@@ -87,7 +105,7 @@ class _PrecisionModel:
             return self.model.embed(wav).float()
 
 
-class _CompiledModel:
+class _CompiledModel(_Wrapped):
     """``embed`` through ``torch.compile`` (default mode: the runtime's graph code does the capture)."""
 
     def __init__(self, model: Any):
@@ -117,7 +135,9 @@ def module_embedder(module: Any, device: str, cuda_graphs: bool, max_graphs: int
     import torch
 
     cls = _torch_embedder_class()
-    emb = cls.__new__(cls)
+    if hasattr(cls, "from_model"):  # the runtime package's TorchEmbedder
+        return cls.from_model(module, device=device, cuda_graphs=cuda_graphs)
+    emb = cls.__new__(cls)  # today's nestspk.verifier.TorchEmbedder: same attributes as its __init__ sets
     emb.torch = torch
     emb.device = torch.device(device)
     emb.model = module.to(emb.device).eval() if hasattr(module, "to") and hasattr(module, "eval") else module
@@ -154,9 +174,13 @@ def build_embedder(model: str, backend: str, device: str, mode: str, *, threads:
     extra = parts - {"cuda_graph"}
     if module is None:
         make = _runtime_make_embedder()
-        if make is not None and not extra:
-            return make(model, backend="torch", device=device, cuda_graphs=graphs)
-        emb = _torch_embedder_class()(model, device=device, cuda_graphs=graphs)
+        if make is not None:  # the harness sets CPU threads itself: pass them so make_embedder keeps them
+            import torch
+
+            cpu_threads = None if device.startswith("cuda") else (threads or torch.get_num_threads())
+            emb = make(model, backend="torch", device=device, cuda_graphs=graphs, intra_op_threads=cpu_threads)
+        else:
+            emb = _torch_embedder_class()(model, device=device, cuda_graphs=graphs)
         if extra:
             emb.model = _transform(emb.model, extra)
         return emb
