@@ -17,7 +17,7 @@ def test_every_run_folder_is_indexed_once() -> None:
     loose = sorted(p.name for p in RESULTS.iterdir() if p.is_file() and p.name != "index.csv")
     assert loose == [], f"loose result files (put them in a dated run folder): {loose}"
     for r in rows:
-        assert re.fullmatch(r"\d{4}-\d{2}-\d{2}_\d{4}_[a-z0-9_]+", r["run"]), r["run"]
+        assert re.fullmatch(r"\d{4}-\d{2}-\d{2}(_\d{4})?_[a-z0-9_]+", r["run"]), r["run"]  # date, optional HHMM, topic
         assert r["date"] == r["run"][:10]
         assert r["status"] in ("current", "superseded"), r
         assert (r["superseded_by"] in names) == (r["status"] == "superseded"), r
