@@ -1,8 +1,9 @@
 """Top CUDA kernels of one model/mode/workload (torch.profiler), to see where GPU time goes.
 
 Usage (GPU machine, repo root):
-    python benchmarks/profile_kernels.py --model nested --mode channels_last+fp16 --duration 4 --batch 256
-Prints the top kernels by total CUDA time over ``--iters`` calls and the share of each torch op.
+    python -m benchmarks.profile_kernels --model nested --mode cuda_graph+channels_last+fp16 --duration 4 --batch 256
+Profiles the embedder the benchmark times (benchmarks/embedders.py: the Verifier's, numpy in and out; peers too)
+and prints the top kernels by total CUDA time over ``--iters`` calls and the share of each torch op.
 """
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import argparse
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from nestspk.bench import load_bench_model, make_torch_runner, random_audio
+from .bench import BenchConfig, load_subjects, random_audio
 
 
 def main() -> None:
@@ -26,16 +27,15 @@ def main() -> None:
                    help="instead: GPU time per torch op and input shapes (self CUDA time, per call), full names")
     a = p.parse_args()
     torch.backends.cudnn.benchmark = True
-    model, _ = load_bench_model(a.model)
-    model = model.cuda()
-    wav = random_audio(a.batch, a.duration, 16000, 0, "cuda")
-    runner = make_torch_runner(model, a.mode, wav, warmup=10)
+    (subject,) = load_subjects(BenchConfig(device="cuda", models=(a.model,)))
+    emb, _ = subject.embedder("torch", "cuda", a.mode, None)
+    wav = random_audio(a.batch, a.duration, 16000, 0)
     for _ in range(10):
-        runner.fn(wav)
+        emb.embed_batch(wav)
     torch.cuda.synchronize()
     with profile(activities=[ProfilerActivity.CUDA, ProfilerActivity.CPU], record_shapes=a.by_op) as prof:
         for _ in range(a.iters):
-            runner.fn(wav)
+            emb.embed_batch(wav)
         torch.cuda.synchronize()
     print(f"== {a.model} {a.mode} {a.duration:g} s batch {a.batch}, {a.iters} calls")
     kernels = [e for e in prof.key_averages() if e.device_type == torch.autograd.DeviceType.CUDA]

@@ -72,6 +72,17 @@ def _threshold(text: str) -> float | str:
     return t
 
 
+def _nonnegative(text: str) -> int:
+    """argparse type: an int >= 0."""
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text[:40]!r}") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {v}")
+    return v
+
+
 def _positive(text: str) -> int:
     """argparse type: a positive int."""
     try:
@@ -265,9 +276,23 @@ def cmd_embed(a: argparse.Namespace) -> int:
         except OSError as e:
             raise NestspkError(f"{_label(out)}: cannot write the embeddings ({e.strerror or e})") from e
 
-    chunk = a.batch_size
+    chunk = max(1, a.batch_size)
     try:
-        with tqdm(total=len(todo), unit="file", disable=a.quiet) as bar:
+        if a.workers > 0:  # pipelined: decoding in worker processes overlapped with model batches (nestspk.pipeline)
+            from .pipeline import embed_files
+
+            with tqdm(total=len(todo), unit="file", disable=a.quiet) as bar:
+                for k, (f, e, err) in enumerate(embed_files(v, todo, workers=a.workers, batch_size=a.batch_size)):
+                    if err is None:
+                        done[f] = len(embs)
+                        embs.append(e)
+                    else:
+                        failed[f] = err
+                    bar.update(1)
+                    if (k + 1) % chunk == 0:
+                        save()
+            todo = []
+        with tqdm(total=len(todo), unit="file", disable=a.quiet or not todo) as bar:
             for k in range(0, len(todo), chunk):
                 part = todo[k:k + chunk]
                 try:
@@ -386,6 +411,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="continue an interrupted run into the same output (same --model required)")
     pe.add_argument("--force", action="store_true",
                     help="overwrite OUTPUT even if it is not a nestspk embeddings file (never one of the inputs)")
+    pe.add_argument("--workers", type=_nonnegative, default=0,
+                    help="decode files in N worker processes, overlapped with the model (default 0: no pipelining)")
     pe.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_model_args(pe, score_norm=False)
     pe.set_defaults(func=cmd_embed)

@@ -1,0 +1,144 @@
+"""Pipelined corpus embedding: files decoded in worker processes while the model embeds batches.
+
+:func:`embed_files` yields ``(path, embedding or None, error or None)`` for every input file. Decoding
+(soundfile read, downmix, resampling, validation, splitting into windows) runs in ``workers``
+processes, at most ``prefetch`` files ahead of the model; the main process groups the windows by
+exact length (equal lengths need no padding, so each file's embedding is the one
+:meth:`nestspk.Verifier.embed_batch` gives it, up to float32 rounding of the batch composition) and
+runs a model batch as soon as a length has ``batch_size`` windows, or, when ``max_pending`` windows
+wait, for the length with the most windows. A file's embedding is the normalised sum of its
+windows' embeddings, as in the Verifier; results come in completion order, not input order.
+"""
+from __future__ import annotations
+
+import logging
+import multiprocessing as mp
+import os
+from collections import deque
+from typing import Iterable, Iterator, Sequence
+
+import numpy as np
+
+from .audio import SILENCE_PEAK, audio_info, iter_windows, load_audio
+from .errors import AudioError, NestspkError
+
+log = logging.getLogger(__name__)
+
+
+def file_windows(path: str) -> list[np.ndarray]:
+    """The 16 kHz windows the Verifier embeds for one file (long files streamed, as in ``Verifier.embed_batch``)."""
+    from .verifier import HOP_S, LONG_AUDIO_S, WINDOW_S, Verifier
+
+    frames, sr, _ = audio_info(path)
+    if frames / sr > LONG_AUDIO_S:
+        windows = list(iter_windows(path, WINDOW_S, HOP_S))
+        peak = max(float(np.abs(w).max()) for w in windows)
+        if peak < SILENCE_PEAK:
+            raise AudioError(f"{path}: silent (peak {peak:.3g} < {SILENCE_PEAK:g})")
+        return windows
+    return Verifier._split_windows(load_audio(path))
+
+
+def _decode(path: str) -> tuple[str, list[np.ndarray] | None, str | None]:
+    """Worker task: (path, windows, None) or (path, None, error message) for a bad file."""
+    try:
+        return path, file_windows(path), None
+    except NestspkError as e:
+        return path, None, str(e)
+
+
+def _worker_init() -> None:
+    # decoding is single-threaded per file; keep BLAS/OpenMP pools from oversubscribing the cores
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        os.environ[var] = "1"
+
+
+class _Decoder:
+    """Ordered decoding of ``paths``: in a process pool (``workers`` >= 1, bounded look-ahead) or inline (0)."""
+
+    def __init__(self, paths: Sequence[str], workers: int, prefetch: int):
+        self.paths, self.workers, self.prefetch = list(paths), workers, max(1, prefetch)
+        self.pool = mp.get_context("spawn").Pool(workers, initializer=_worker_init) if workers > 0 else None
+
+    def __iter__(self) -> Iterator[tuple[str, list[np.ndarray] | None, str | None]]:
+        if self.pool is None:
+            yield from map(_decode, self.paths)
+            return
+        todo = iter(self.paths)
+        inflight: deque = deque()
+        for p in todo:
+            inflight.append(self.pool.apply_async(_decode, (p,)))
+            if len(inflight) >= self.prefetch:
+                break
+        while inflight:
+            res = inflight.popleft().get()
+            nxt = next(todo, None)
+            if nxt is not None:
+                inflight.append(self.pool.apply_async(_decode, (nxt,)))
+            yield res
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.terminate()
+            self.pool.join()
+
+
+def embed_files(verifier, paths: Iterable[str], workers: int = 2, batch_size: int = 32,
+                prefetch: int | None = None, max_pending: int | None = None
+                ) -> Iterator[tuple[str, np.ndarray | None, str | None]]:
+    """Embed audio files with decoding in ``workers`` processes overlapped with model batches.
+
+    Args:
+        verifier: a :class:`nestspk.Verifier` (its backend and device run the model, in this process).
+        paths: audio files.
+        workers: decoding processes (0: decode in this process, nothing overlapped).
+        batch_size: windows per model batch (windows of one length only).
+        prefetch: files decoded ahead of the model (default ``4 * max(workers, 1)``).
+        max_pending: decoded windows waiting for a batch before the fullest length is run anyway
+            (default ``2 * batch_size``).
+
+    Yields:
+        ``(path, embedding (D,) float32, None)`` or ``(path, None, message)`` for a file that cannot be embedded
+        (unreadable, too short, silent: the :class:`NestspkError` message), in completion order.
+    """
+    if workers < 0 or batch_size < 1:
+        raise ValueError(f"workers must be >= 0 and batch_size >= 1, got {workers}, {batch_size}")
+    paths = [os.fspath(p) for p in paths]
+    max_pending = max_pending or 2 * batch_size
+    decoder = _Decoder(paths, workers, prefetch or 4 * max(workers, 1))
+    sums: dict[int, np.ndarray] = {}  # keyed by input position: a path listed twice is embedded twice
+    left: dict[int, int] = {}
+    buckets: dict[int, list[tuple[int, np.ndarray]]] = {}
+    pending = 0
+
+    def run(length: int) -> Iterator[tuple[str, np.ndarray, None]]:
+        nonlocal pending
+        group = buckets.pop(length)
+        pending -= len(group)
+        for k in range(0, len(group), batch_size):
+            chunk = group[k:k + batch_size]
+            for (i, _), e in zip(chunk, verifier._run([w for _, w in chunk])):
+                sums[i] = sums[i] + e if i in sums else e
+                left[i] -= 1
+                if left[i] == 0:
+                    s = sums.pop(i)
+                    del left[i]
+                    yield paths[i], (s / max(float(np.linalg.norm(s)), 1e-12)).astype(np.float32), None
+
+    try:
+        for i, (path, windows, err) in enumerate(decoder):
+            if err is not None:
+                yield path, None, err
+                continue
+            left[i] = len(windows)
+            for w in windows:
+                buckets.setdefault(len(w), []).append((i, w))
+                pending += 1
+            for length in [n for n, g in buckets.items() if len(g) >= batch_size]:
+                yield from run(length)
+            while pending > max_pending:
+                yield from run(max(buckets, key=lambda n: len(buckets[n])))
+        while buckets:
+            yield from run(max(buckets, key=lambda n: len(buckets[n])))
+    finally:
+        decoder.close()
