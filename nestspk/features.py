@@ -155,6 +155,16 @@ def factored_dft_weights(cfg: FrontendConfig, bins: tuple[int, int] | None = Non
     return stage1.float(), stage2.float(), fbank.t().contiguous()
 
 
+def normalize_level(x: torch.Tensor) -> torch.Tensor:
+    """(B, T) -> each row minus its mean, scaled to unit RMS (a digital-silence row stays 0).
+
+    The first step of :class:`LogMelFrontend`: it makes the features independent of the recording level and of a
+    DC offset (``tests/test_level.py``).
+    """
+    x = x - x.mean(dim=1, keepdim=True)
+    return x * torch.rsqrt(x.pow(2).mean(dim=1, keepdim=True) + RMS_FLOOR)
+
+
 class LogMelFrontend(nn.Module):
     """Waveform (B, T) float32 at 16 kHz -> normalised log-mel (B, n_mels, frames).
 
@@ -206,7 +216,8 @@ class LogMelFrontend(nn.Module):
         return y[:, 0] ** 2 + y[:, 1] ** 2
 
     def log_mel(self, wav: torch.Tensor) -> torch.Tensor:
-        """Un-normalised log-mel, (B, T) -> (B, n_mels, frames).
+        """Log-mel before the per-utterance normalisation, (B, T) -> (B, n_mels, frames), of the
+        level-normalised input (:func:`normalize_level`).
 
         Always float32, also inside ``torch.autocast`` (in fp16 the power of a loud frame
         overflows). The "direct" DFT is a matmul, so on CUDA it follows
@@ -217,9 +228,7 @@ class LogMelFrontend(nn.Module):
         cfg = self.cfg
         with torch.autocast(device_type=wav.device.type, enabled=False):
             x = wav.float()
-            # level and DC invariance: remove the mean, scale to unit RMS (a digital-silence row stays 0)
-            x = x - x.mean(dim=1, keepdim=True)
-            x = x * torch.rsqrt(x.pow(2).mean(dim=1, keepdim=True) + RMS_FLOOR)
+            x = normalize_level(x)
             x = torch.cat([x[:, :1] * (1.0 - cfg.preemphasis), x[:, 1:] - cfg.preemphasis * x[:, :-1]], dim=1)
             pad = cfg.n_fft // 2
             x = F.pad(x.unsqueeze(1), (pad, pad), mode="reflect")
