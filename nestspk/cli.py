@@ -56,6 +56,7 @@ def _add_model_args(p: argparse.ArgumentParser, score_norm: bool) -> None:
                        help="score normalisation: asnorm (adaptive s-norm with the shipped cohort)")
     p.add_argument("--precision", default="fp32", choices=["fp32", "int8"],
                    help="fp32, or int8: the quantised ONNX model (needs --backend onnx)")
+    p.add_argument("--vad", action="store_true", help="embed only the speech found by Silero VAD (extra 'vad')")
 
 
 def _threshold(text: str) -> float | str:
@@ -98,7 +99,7 @@ def _verifier(a: argparse.Namespace, threshold: float | str | None = None):
     from .verifier import Verifier
 
     return Verifier(a.model, device=a.device, backend=a.backend, threshold=threshold,
-                    score_norm=getattr(a, "score_norm", None), precision=a.precision)
+                    score_norm=getattr(a, "score_norm", None), precision=a.precision, vad=a.vad)
 
 
 def _expand(inputs: list[str]) -> list[str]:
@@ -261,12 +262,14 @@ def cmd_embed(a: argparse.Namespace) -> int:
     embs: list[np.ndarray] = []
     failed: dict[str, str] = {}
     if resuming:
+        if _read_sidecar(side).get("vad", False) != a.vad:
+            raise InputError(f"{side}: written with vad={not a.vad}; resume with the same --vad setting")
         done, embs, failed = _resume_state(out, side, v.model_name, v.embed_dim)
     todo = [f for f in files if f not in done and f not in failed]
 
     def save() -> None:
         arr = np.stack(embs).astype(np.float32) if embs else np.zeros((0, v.embed_dim), np.float32)
-        meta = {"format": EMBEDDINGS_FORMAT, "model": v.model_name, "embed_dim": v.embed_dim,
+        meta = {"format": EMBEDDINGS_FORMAT, "model": v.model_name, "embed_dim": v.embed_dim, "vad": a.vad,
                 "files": list(done), "failed": failed, "rows_sha256": _rows_digest(arr)}
         try:
             with atomic_write(out) as f:
