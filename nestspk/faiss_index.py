@@ -1,12 +1,13 @@
 """A FAISS-backed speaker index for :class:`~nestspk.gallery.Gallery` (extra ``faiss``).
 
 Implements the ``VectorIndex`` protocol: names and L2-normalised float32 vectors, searched
-by inner product (= cosine). The vectors are kept in one contiguous numpy array in
-``names()`` order; what FAISS adds depends on ``kind``:
+by inner product (= cosine). The vectors are kept once, in a FAISS ``IndexFlatIP`` in
+``names()`` order (row = position; :meth:`FaissIndex.vectors` copies them out); what is
+searched depends on ``kind``:
 
-- ``"flat"`` (default): exact search with ``faiss.knn`` (FAISS's ``IndexFlatIP`` kernel:
-  BLAS inner products and a heap, multi-threaded) on that array, so memory is the vectors
-  once. Results equal the numpy gallery's up to float32 rounding.
+- ``"flat"`` (default): that ``IndexFlatIP`` itself: exact search (BLAS inner products and a
+  heap, multi-threaded), memory = the vectors once. Results equal the numpy gallery's up to
+  float32 rounding.
 - ``"ivf"``: ``IndexIVFFlat`` (inner product) with ``nlist`` lists, ``nprobe`` searched;
   trained on the vectors present at the first search (k-means seeded, so a rebuild from the
   same vectors gives the same index). Approximate; holds a second copy of the vectors.
@@ -45,6 +46,7 @@ FORMAT = "nestspk-faiss-index/1"
 KINDS = ("flat", "ivf", "hnsw")
 _NORM_TOL = 1e-3
 _MIN_POINTS_PER_LIST = 39  # FAISS warns below this many training points per IVF list
+_TRAIN_PER_LIST = 64  # k-means training points per IVF list (FAISS samples up to 256: 4x the training time)
 
 
 def _faiss() -> Any:
@@ -57,7 +59,8 @@ class FaissIndex:
     Args:
         dim: embedding dimension.
         kind: ``"flat"`` (exact), ``"ivf"`` or ``"hnsw"``.
-        nlist: IVF lists; default ``clip(4 * sqrt(N), 1, N // 39)`` at training time.
+        nlist: IVF lists; default ``clip(round(sqrt(N)), 1, N // 39)`` at training time; k-means is trained
+            on at most ``64 * nlist`` of the vectors (a seeded sample).
         nprobe: IVF lists searched per query.
         hnsw_m: HNSW links per node.
         ef_search, ef_construction: HNSW search/build breadth.
@@ -79,7 +82,7 @@ class FaissIndex:
         self.kind = kind
         self.params = {"nlist": nlist, "nprobe": int(nprobe), "hnsw_m": int(hnsw_m), "ef_search": int(ef_search),
                        "ef_construction": int(ef_construction)}
-        self._vecs = np.zeros((0, self.dim), np.float32)  # rows [0, n) are live; capacity grows by doubling
+        self._store = self._faiss.IndexFlatIP(self.dim)  # the vectors, row = position (also the exact index)
         self._n = 0
         self._names: list[str] = []
         self._row: dict[str, int] = {}
@@ -104,7 +107,7 @@ class FaissIndex:
     def vectors(self) -> np.ndarray:
         """``(N, dim)`` float32 copy, in :meth:`names` order."""
         with self._lock:
-            return self._vecs[:self._n].copy()
+            return self._view().copy()
 
     def add(self, names: Sequence[str], vectors: np.ndarray) -> None:
         """Add speakers under new names.
@@ -126,9 +129,8 @@ class FaissIndex:
             clash = [n for n in names if n in self._row]
             if clash:
                 raise GalleryError(f"add: names already present: {clash[:5]}")
-            self._reserve(self._n + len(names))
             start = self._n
-            self._vecs[start:start + len(names)] = vecs
+            self._store.add(vecs)
             ids = np.arange(self._next_id, self._next_id + len(names), dtype=np.int64)
             self._next_id += len(names)
             self._ids = np.concatenate([self._ids[:start], ids])
@@ -162,7 +164,7 @@ class FaissIndex:
                 raise GalleryError("the gallery is empty; enroll speakers first")
             k = min(int(k), self._n)
             if self.kind == "flat":
-                scores, rows = self._faiss.knn(q, self._vecs[:self._n], k, metric=self._faiss.METRIC_INNER_PRODUCT)
+                scores, rows = self._store.search(q, k)
             else:
                 index = self._built()
                 scores, ids = index.search(q, k)
@@ -180,7 +182,7 @@ class FaissIndex:
             meta: dict[str, Any] = {"format": FORMAT, "model": model, "dim": self.dim, "kind": self.kind,
                                     "params": self.params}
             arrays: dict[str, np.ndarray] = {"names": np.array(self._names, dtype=np.str_),
-                                             "vectors": self._vecs[:self._n]}
+                                             "vectors": self._view()}
             if self.kind != "flat" and self._n:
                 blob = self._faiss.serialize_index(self._built())
                 arrays["faiss_index"] = blob
@@ -259,11 +261,13 @@ class FaissIndex:
                 raise GalleryError(f"{what} must be L2-normalised; {int(bad.sum())} of {v.shape[0]} rows are not")
         return v
 
-    def _reserve(self, n: int) -> None:
-        if n > len(self._vecs):
-            grown = np.empty((max(n, 2 * len(self._vecs), 16), self.dim), np.float32)
-            grown[:self._n] = self._vecs[:self._n]
-            self._vecs = grown
+    def _view(self) -> np.ndarray:
+        """The stored vectors as a read-only ``(N, dim)`` view of the FAISS flat storage (no copy)."""
+        if self._n == 0:
+            return np.zeros((0, self.dim), np.float32)
+        v = self._faiss.rev_swig_ptr(self._store.get_xb(), self._n * self.dim).reshape(self._n, self.dim)
+        v.flags.writeable = False
+        return v
 
     def _remove(self, names: Sequence[str]) -> None:
         rows = np.array(sorted(self._row[n] for n in names), dtype=np.int64)
@@ -272,8 +276,9 @@ class FaissIndex:
         keep = np.ones(self._n, bool)
         keep[rows] = False
         gone_ids = self._ids[rows]
-        live = self._vecs[:self._n][keep]
-        self._vecs[:len(live)] = live
+        removed = self._store.remove_ids(self._faiss.IDSelectorBatch(rows))  # keeps the order of the rest
+        if removed != len(rows):
+            raise AssertionError(f"FAISS removed {removed} of {len(rows)} rows")
         self._ids = self._ids[keep]
         self._names = [n for n, k in zip(self._names, keep) if k]
         self._row = {n: i for i, n in enumerate(self._names)}
@@ -307,20 +312,21 @@ class FaissIndex:
         if self._index is not None:
             return self._index
         f = self._faiss
-        x = self._vecs[:self._n]
+        x = self._view()
         # renumber ids to rows: a fresh index starts from a compact id space
         self._ids = np.arange(self._n, dtype=np.int64)
         self._next_id = self._n
         self._id_table = None
         if self.kind == "ivf":
-            nlist = self.params["nlist"] or int(np.clip(4 * math.sqrt(self._n), 1, max(1, self._n // _MIN_POINTS_PER_LIST)))
+            nlist = self.params["nlist"] or int(np.clip(round(math.sqrt(self._n)), 1,
+                                                        max(1, self._n // _MIN_POINTS_PER_LIST)))
             nlist = min(nlist, self._n)
             quantizer = f.IndexFlatIP(self.dim)
             index = f.IndexIVFFlat(quantizer, self.dim, nlist, f.METRIC_INNER_PRODUCT)
             index.cp.seed = 1234
             train = x
-            max_train = nlist * 256
-            if self._n > max_train:  # FAISS's own default sample size, drawn reproducibly
+            max_train = nlist * _TRAIN_PER_LIST
+            if self._n > max_train:  # a seeded sample: the same vectors train the same lists
                 train = x[np.sort(np.random.default_rng(1234).choice(self._n, max_train, replace=False))]
             index.train(train)
             index.add_with_ids(x, self._ids)
