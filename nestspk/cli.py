@@ -251,6 +251,13 @@ def cmd_embed(a: argparse.Namespace) -> int:
     files = _expand(a.inputs)
     if not files:
         raise InputError("no audio files found in the given inputs")
+    if a.ray:  # Ray Data: Parquet files in the folder a.output (nestspk.ray_embed)
+        from .ray_embed import cli_embed
+
+        s = cli_embed(files, a.output, a.ray, a.model, a.backend, a.device, a.precision, a.vad, a.batch_size,
+                      a.resume, a.ray_actors, a.ray_gpus_per_actor)
+        print(f"wrote {s['rows']} rows ({s['errors']} errors) to {s['output']}; {s['skipped']} already there")
+        return 2 if s["errors"] and not s["embedded"] else 0
     out = Path(a.output)
     side = out.with_name(out.name + ".json")
     resuming = a.resume and out.exists() and side.exists()
@@ -417,6 +424,10 @@ def build_parser() -> argparse.ArgumentParser:
     pe.add_argument("--workers", type=_nonnegative, default=0,
                     help="decode files in N worker processes, overlapped with the model (default 0: no pipelining)")
     pe.add_argument("--quiet", action="store_true", help="no progress bar")
+    pe.add_argument("--ray", metavar="ADDRESS", default=None,
+                    help="embed on Ray Data ('local', 'auto' or ray://HOST:PORT; extra 'ray'): -o is a Parquet folder")
+    pe.add_argument("--ray-actors", type=_positive, default=None, help="embedding actors (default: GPUs, else 1)")
+    pe.add_argument("--ray-gpus-per-actor", type=float, default=None, help="GPUs per actor (default 1 if any)")
     _add_model_args(pe, score_norm=False)
     pe.set_defaults(func=cmd_embed)
     pt = sub.add_parser("eval", help="EER/minDCF on a VoxCeleb-style trial list (label path1 path2)",
