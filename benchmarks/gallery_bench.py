@@ -76,6 +76,18 @@ def _exact_top1(x: np.ndarray, q: np.ndarray, chunk: int = 200_000) -> np.ndarra
     return arg
 
 
+def _git_commit() -> str:
+    """HEAD, with ``+dirty`` when tracked files differ from it ("unknown" outside a git checkout)."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True,
+                              check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
+                               capture_output=True, text=True, check=True).stdout.strip()
+        return head + ("+dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
 def _child(n: int, dim: int, backend: str, a: argparse.Namespace) -> list[dict]:
     """One backend on one (n, dim) gallery, in a fresh process; returns result rows."""
     rng = np.random.default_rng([a.seed, n, dim])
@@ -177,6 +189,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--hnsw-max", type=int, default=100_000, help="largest gallery to build HNSW on")
     p.add_argument("--numpy-max", type=int, default=1_000_000)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--backends", default="numpy,faiss_flat,faiss_ivf,faiss_hnsw")
+    p.add_argument("--tag", default="gallery_bench", help="output file stem")
     p.add_argument("--blas-threads", type=int, default=1,
                    help="OPENBLAS_NUM_THREADS of the children (spinning OpenBLAS threads slow FAISS's OpenMP ones)")
     p.add_argument("--out", default=None, help="result folder (created); omit in child mode")
@@ -194,6 +208,7 @@ def main(argv: list[str] | None = None) -> int:
 
     t0 = time.time()
     load0 = os.getloadavg()
+    commit = _git_commit()
     rows = []
     forwarded = [x for x in (argv if argv is not None else sys.argv[1:])]
     strip = {"--out"}
@@ -204,13 +219,12 @@ def main(argv: list[str] | None = None) -> int:
             next(it, None)
         elif not tok.startswith("--out="):
             child_args.append(tok)
-    try:
-        import nestspk.gallery  # noqa: F401
-
-        backends = ["numpy"]
-    except ImportError:
-        backends = []
-    backends += ["faiss_flat", "faiss_ivf", "faiss_hnsw"]
+    backends = [b for b in a.backends.split(",") if b]
+    if "numpy" in backends:
+        try:
+            import nestspk.gallery  # noqa: F401
+        except ImportError:
+            p.error("backend numpy needs nestspk.gallery (NumpyIndex)")
     for dim in (int(d) for d in a.dims.split(",")):
         for n in (int(s) for s in a.sizes.split(",")):
             for backend in backends:
@@ -225,10 +239,6 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{n} x {dim} {backend}: done", file=sys.stderr, flush=True)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
-    except OSError:
-        commit = "unknown"
     argv0 = Path(sys.argv[0]).resolve()
     cmd = " ".join(["python", shlex.quote(str(argv0.relative_to(REPO)) if REPO in argv0.parents else sys.argv[0])]
                    + [shlex.quote(x) for x in forwarded])
@@ -237,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
               "loadavg_start": load0, "loadavg_end": os.getloadavg(), "wall_s": round(time.time() - t0, 1),
               "queries": a.queries, "genuine_cos": a.genuine_cos,
               "child_env": {"OPENBLAS_NUM_THREADS": a.blas_threads, "OMP_WAIT_POLICY": "PASSIVE"}, "rows": rows}
-    (out / "gallery_bench.json").write_text(json.dumps(result, indent=1))
+    (out / f"{a.tag}.json").write_text(json.dumps(result, indent=1))
     cols = ["n", "dim", "backend", "setting", "enroll_s", "add1_ms", "remove1_ms", "p50_ms", "p90_ms", "qps_batch",
             "top1_genuine", "top1_impostor", "index_mb", "search_peak_mb"]
     lines = [f"# Gallery index benchmark", "", f"`{cmd}` at {commit[:10]}; faiss {faiss.__version__}, "
@@ -247,7 +257,7 @@ def main(argv: list[str] | None = None) -> int:
              "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for r in rows:
         lines.append("| " + " | ".join("-" if r.get(c) is None else str(r.get(c)) for c in cols) + " |")
-    (out / "gallery_bench.md").write_text("\n".join(lines) + "\n")
+    (out / f"{a.tag}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0
 
