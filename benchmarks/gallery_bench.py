@@ -104,13 +104,13 @@ def _child(n: int, dim: int, backend: str, a: argparse.Namespace) -> list[dict]:
     extra_names = [f"new{i}" for i in range(20)]
     extra = _unit_rows(rng, 20, dim)
 
-    from nestspk.faiss_index import FaissIndex
-
     if backend == "numpy":
         from nestspk.gallery import NumpyIndex
 
         configs: list[tuple[str, dict, object]] = [("numpy", {}, lambda: NumpyIndex(dim))]
     else:
+        from nestspk.faiss_index import FaissIndex
+
         kind = backend.split("_", 1)[1]
         sweep = {"ivf": {"nprobe": a.nprobe}, "hnsw": {"ef_search": a.ef_search}}.get(kind, {})
         configs = [(backend, sweep, lambda: FaissIndex(dim, kind))]
