@@ -41,6 +41,8 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from provenance import git_commit  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
+
 
 def _status(key: str) -> float:
     for line in Path("/proc/self/status").read_text().splitlines():
@@ -74,18 +76,6 @@ def _exact_top1(x: np.ndarray, q: np.ndarray, chunk: int = 200_000) -> np.ndarra
         better = v > best
         best[better], arg[better] = v[better], i[better] + s
     return arg
-
-
-def _git_commit() -> str:
-    """HEAD, with ``+dirty`` when tracked files differ from it ("unknown" outside a git checkout)."""
-    try:
-        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True,
-                              check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
-                               capture_output=True, text=True, check=True).stdout.strip()
-        return head + ("+dirty" if dirty else "")
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def _child(n: int, dim: int, backend: str, a: argparse.Namespace) -> list[dict]:
@@ -208,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
 
     t0 = time.time()
     load0 = os.getloadavg()
-    commit = _git_commit()
+    commit = git_commit()
     rows = []
     forwarded = [x for x in (argv if argv is not None else sys.argv[1:])]
     strip = {"--out"}
@@ -250,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
     (out / f"{a.tag}.json").write_text(json.dumps(result, indent=1))
     cols = ["n", "dim", "backend", "setting", "enroll_s", "add1_ms", "remove1_ms", "p50_ms", "p90_ms", "qps_batch",
             "top1_genuine", "top1_impostor", "index_mb", "search_peak_mb"]
-    lines = [f"# Gallery index benchmark", "", f"`{cmd}` at {commit[:10]}; faiss {faiss.__version__}, "
+    lines = ["# Gallery index benchmark", "", f"`{cmd}` at {commit[:10]}; faiss {faiss.__version__}, "
              f"{result['faiss_threads']} threads on {result['cpus']} shared CPUs (load {load0[0]:.1f} at start, "
              f"{result['loadavg_end'][0]:.1f} at end); {a.queries} genuine (cosine {a.genuine_cos} to the target) "
              f"+ {a.queries} impostor queries; {result['wall_s']} s.", "",

@@ -27,7 +27,6 @@ import json
 import logging
 import platform
 import shlex
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -36,6 +35,8 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+
+from provenance import git_commit  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 
 from nestspk.audio import TARGET_SAMPLE_RATE, load_audio  # noqa: E402
 from nestspk.errors import AudioError  # noqa: E402
@@ -81,18 +82,6 @@ def corrupt(wav: np.ndarray, condition: str, noises: list[np.ndarray], rng: np.r
     mixed = out + bed.astype(np.float32)
     peak = float(np.abs(mixed).max())
     return (mixed / peak * 0.99 if peak > 0.99 else mixed).astype(np.float32), snr
-
-
-def _git_commit() -> str:
-    """HEAD at the start of the run, with ``+dirty`` when tracked files differ from it."""
-    try:
-        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True,
-                              check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
-                               capture_output=True, text=True, check=True).stdout.strip()
-        return head + ("+dirty" if dirty else "")
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def _relative(path: str) -> str:
@@ -147,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     from nestspk.verifier import Verifier
 
     t0 = time.time()
-    commit = _git_commit()
+    commit = git_commit()
     root = Path(a.root) if a.root else default_data_root()
     trials = _subset(read_trials(a.trials), a.max_trials, a.seed)
     conditions = [c for c in a.conditions.split(",") if c]
