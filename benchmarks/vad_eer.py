@@ -13,7 +13,8 @@ segment from a generator seeded by ``--seed`` and the segment's spec, so a rerun
 corrupts every segment identically. Each version is embedded with ``Verifier(vad=False)`` and
 ``Verifier(vad=True)``; a segment in which the VAD finds no speech falls back to its plain embedding and is
 counted (``vad_fallbacks``). Scores are raw cosines. ``--max-trials`` keeps a random subset of the trials
-(same seed, both classes kept in proportion).
+(same seed, both classes kept in proportion); ``--max-segments`` bounds the embedding cost instead (the
+trials among a seeded random set of segments).
 
     python benchmarks/vad_eer.py --trials weights/lists/test_trials.txt --out benchmarks/results/DATE_vad
 
@@ -102,6 +103,22 @@ def _subset(trials: list, max_trials: int | None, seed: int) -> list:
     return [trials[i] for i in sorted(keep)]
 
 
+def _segment_budget(trials: list, max_segments: int | None, seed: int) -> list:
+    """The trials among at most ``max_segments`` segments: trials taken in a seeded random order while their
+    segments fit the budget, then every trial whose two segments are both in the chosen set."""
+    if not max_segments:
+        return trials
+    order = np.random.default_rng(seed).permutation(len(trials))
+    chosen: set[str] = set()
+    for i in order:
+        _, x, y = trials[i]
+        if len(chosen | {x, y}) <= max_segments:
+            chosen |= {x, y}
+        if len(chosen) >= max_segments:
+            break
+    return [t for t in trials if t[1] in chosen and t[2] in chosen]
+
+
 def _bootstrap_eer(scores: np.ndarray, labels: np.ndarray, n: int, seed: int) -> tuple[float, float]:
     """95% interval of the EER over ``n`` resamples of the trials (ignores that trials share segments)."""
     rng = np.random.default_rng(seed)
@@ -124,7 +141,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--pad", type=float, default=3.0, help="seconds of silence/noise before and after a segment")
     p.add_argument("--snr", type=float, nargs=2, default=(5.0, 20.0), metavar=("LO", "HI"))
     p.add_argument("--conditions", default=",".join(CONDITIONS))
-    p.add_argument("--max-trials", type=int, default=None)
+    p.add_argument("--max-trials", type=int, default=None, help="random subset of the trials (both classes kept)")
+    p.add_argument("--max-segments", type=int, default=None,
+                   help="embed at most this many segments (the cost): the trials among a random set of segments")
     p.add_argument("--bootstrap", type=int, default=200, help="resamples for the EER interval (0: none)")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--seed", type=int, default=0)
@@ -138,7 +157,9 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.time()
     commit = git_commit()
     root = Path(a.root) if a.root else default_data_root()
-    trials = _subset(read_trials(a.trials), a.max_trials, a.seed)
+    trials = _subset(_segment_budget(read_trials(a.trials), a.max_segments, a.seed), a.max_trials, a.seed)
+    if len({t[0] for t in trials}) < 2:
+        p.error(f"the selected {len(trials)} trials lack target or non-target trials; raise --max-segments")
     conditions = [c for c in a.conditions.split(",") if c]
     for c in conditions:
         if c not in CONDITIONS:
