@@ -43,10 +43,7 @@ from nestspk.audio import TARGET_SAMPLE_RATE, load_audio  # noqa: E402
 from nestspk.errors import AudioError  # noqa: E402
 from nestspk.metrics import compute_eer, compute_min_dcf  # noqa: E402
 
-try:  # the lead's numpy-only corpus module; until it lands, the training module has the same functions
-    from nestspk.corpus import default_data_root, load_segment, read_trials  # type: ignore[import-not-found]
-except ImportError:  # pragma: no cover
-    from nestspk.train.data import default_data_root, load_segment, read_trials
+from nestspk.corpus import default_data_root, load_segment, read_trials  # noqa: E402
 
 log = logging.getLogger("vad_eer")
 SR = TARGET_SAMPLE_RATE
