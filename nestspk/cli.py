@@ -251,6 +251,8 @@ def cmd_embed(a: argparse.Namespace) -> int:
     files = _expand(a.inputs)
     if not files:
         raise InputError("no audio files found in the given inputs")
+    if a.vad and a.workers > 0:
+        raise InputError("--vad does not work with --workers yet (the pipeline decodes without the VAD); drop one")
     if a.ray:  # Ray Data: Parquet files in the folder a.output (nestspk.ray_embed)
         from .ray_embed import cli_embed
 
