@@ -271,9 +271,9 @@ def cmd_embed(a: argparse.Namespace) -> int:
     embs: list[np.ndarray] = []
     failed: dict[str, str] = {}
     if resuming:
+        done, embs, failed = _resume_state(out, side, v.model_name, v.embed_dim)
         if _read_sidecar(side).get("vad", False) != a.vad:
             raise InputError(f"{side}: written with vad={not a.vad}; resume with the same --vad setting")
-        done, embs, failed = _resume_state(out, side, v.model_name, v.embed_dim)
     todo = [f for f in files if f not in done and f not in failed]
 
     def save() -> None:
