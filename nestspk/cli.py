@@ -56,6 +56,7 @@ def _add_model_args(p: argparse.ArgumentParser, score_norm: bool) -> None:
                        help="score normalisation: asnorm (adaptive s-norm with the shipped cohort)")
     p.add_argument("--precision", default="fp32", choices=["fp32", "int8"],
                    help="fp32, or int8: the quantised ONNX model (needs --backend onnx)")
+    p.add_argument("--vad", action="store_true", help="embed only the speech found by Silero VAD (extra 'vad')")
 
 
 def _threshold(text: str) -> float | str:
@@ -98,7 +99,7 @@ def _verifier(a: argparse.Namespace, threshold: float | str | None = None):
     from .verifier import Verifier
 
     return Verifier(a.model, device=a.device, backend=a.backend, threshold=threshold,
-                    score_norm=getattr(a, "score_norm", None), precision=a.precision)
+                    score_norm=getattr(a, "score_norm", None), precision=a.precision, vad=a.vad)
 
 
 def _expand(inputs: list[str]) -> list[str]:
@@ -250,6 +251,15 @@ def cmd_embed(a: argparse.Namespace) -> int:
     files = _expand(a.inputs)
     if not files:
         raise InputError("no audio files found in the given inputs")
+    if a.vad and a.workers > 0:
+        raise InputError("--vad does not work with --workers yet (the pipeline decodes without the VAD); drop one")
+    if a.ray:  # Ray Data: Parquet files in the folder a.output (nestspk.ray_embed)
+        from .ray_embed import cli_embed
+
+        s = cli_embed(files, a.output, a.ray, a.model, a.backend, a.device, a.precision, a.vad, a.batch_size,
+                      a.resume, a.ray_actors, a.ray_gpus_per_actor)
+        print(f"wrote {s['rows']} rows ({s['errors']} errors) to {s['output']}; {s['skipped']} already there")
+        return 2 if s["errors"] and not s["embedded"] else 0
     out = Path(a.output)
     side = out.with_name(out.name + ".json")
     resuming = a.resume and out.exists() and side.exists()
@@ -262,11 +272,13 @@ def cmd_embed(a: argparse.Namespace) -> int:
     failed: dict[str, str] = {}
     if resuming:
         done, embs, failed = _resume_state(out, side, v.model_name, v.embed_dim)
+        if _read_sidecar(side).get("vad", False) != a.vad:
+            raise InputError(f"{side}: written with vad={not a.vad}; resume with the same --vad setting")
     todo = [f for f in files if f not in done and f not in failed]
 
     def save() -> None:
         arr = np.stack(embs).astype(np.float32) if embs else np.zeros((0, v.embed_dim), np.float32)
-        meta = {"format": EMBEDDINGS_FORMAT, "model": v.model_name, "embed_dim": v.embed_dim,
+        meta = {"format": EMBEDDINGS_FORMAT, "model": v.model_name, "embed_dim": v.embed_dim, "vad": a.vad,
                 "files": list(done), "failed": failed, "rows_sha256": _rows_digest(arr)}
         try:
             with atomic_write(out) as f:
@@ -414,6 +426,10 @@ def build_parser() -> argparse.ArgumentParser:
     pe.add_argument("--workers", type=_nonnegative, default=0,
                     help="decode files in N worker processes, overlapped with the model (default 0: no pipelining)")
     pe.add_argument("--quiet", action="store_true", help="no progress bar")
+    pe.add_argument("--ray", metavar="ADDRESS", default=None,
+                    help="embed on Ray Data ('local', 'auto' or ray://HOST:PORT; extra 'ray'): -o is a Parquet folder")
+    pe.add_argument("--ray-actors", type=_positive, default=None, help="embedding actors (default: GPUs, else 1)")
+    pe.add_argument("--ray-gpus-per-actor", type=float, default=None, help="GPUs per actor (default 1 if any)")
     _add_model_args(pe, score_norm=False)
     pe.set_defaults(func=cmd_embed)
     pt = sub.add_parser("eval", help="EER/minDCF on a VoxCeleb-style trial list (label path1 path2)",

@@ -80,11 +80,14 @@ class Verifier:
         precision: ``"fp32"`` (default, exact) or ``"int8"``: the quantised ONNX file for CPU (onnx backend;
             its cosine to fp32, EER and operating points are in the card's ``exports.int8``).
         cuda_graphs: torch on CUDA: replay repeated input shapes as CUDA graphs (default True).
+        vad: ``True`` embeds only the speech regions found by Silero VAD (extra ``vad``; see :mod:`nestspk.vad`),
+            or a configured :class:`~nestspk.vad.SileroVAD`. Inputs are then read whole (no streaming).
     """
 
     def __init__(self, model: "str | os.PathLike | ModelCard" = "nested", device: str = "auto",
                  backend: str = "auto", threshold: float | str | None = None, score_norm: str | None = None,
-                 intra_op_threads: int | None = None, precision: str = "fp32", cuda_graphs: bool = True):
+                 intra_op_threads: int | None = None, precision: str = "fp32", cuda_graphs: bool = True,
+                 vad: Any = False):
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
         if precision not in PRECISIONS:
@@ -121,6 +124,11 @@ class Verifier:
         self.gallery = Gallery(self.embed_dim, self.model_name)
         self.speech_check = True  # reject inputs without speech-like content (see nestspk.audio.SpeechCheck)
         self._lock = threading.Lock()
+        self._vad = None
+        if vad is not False and vad is not None:
+            from .vad import make_vad
+
+            self._vad = make_vad(vad)
 
     @property
     def _runtime(self) -> Embedder:
@@ -193,6 +201,8 @@ class Verifier:
         for i, audio in enumerate(items):  # plan: open + validate every input (headers only for files)
             try:
                 src = open_audio(audio, sample_rate)
+                if self._vad is not None:  # only the speech regions, labelled as the input
+                    src = open_audio(self._vad.speech(src.read(), src.label), name=src.label)
             except AudioError as e:
                 raise AudioError(f"{where(i)}{e}") from e
             plans.append((src, src.plan()))
