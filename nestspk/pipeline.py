@@ -19,24 +19,30 @@ from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
-from .audio import SILENCE_PEAK, audio_info, iter_windows, load_audio
-from .errors import AudioError, NestspkError
+from .audio import SpeechCheck, open_audio
+from .errors import NestspkError
 
 log = logging.getLogger(__name__)
 
 
-def file_windows(path: str) -> list[np.ndarray]:
-    """The 16 kHz windows the Verifier embeds for one file (long files streamed, as in ``Verifier.embed_batch``)."""
-    from .verifier import HOP_S, LONG_AUDIO_S, WINDOW_S, Verifier
-
-    frames, sr, _ = audio_info(path)
-    if frames / sr > LONG_AUDIO_S:
-        windows = list(iter_windows(path, WINDOW_S, HOP_S))
-        peak = max(float(np.abs(w).max()) for w in windows)
-        if peak < SILENCE_PEAK:
-            raise AudioError(f"{path}: silent (peak {peak:.3g} < {SILENCE_PEAK:g})")
-        return windows
-    return Verifier._split_windows(load_audio(path))
+def file_windows(path: str, speech_check: bool = True) -> list[np.ndarray]:
+    """The 16 kHz windows the Verifier embeds for one file: the same plan, validation and speech check
+    as :meth:`nestspk.Verifier.embed_batch` (long files streamed window by window)."""
+    src = open_audio(path)
+    plan = src.plan()
+    if not plan.windowed:
+        windows = [src.read()]
+    else:
+        windows = list(src.windows(plan.starts, plan.window))
+    if speech_check:
+        check = SpeechCheck()
+        covered = 0  # each sample once, not once per overlapping window
+        for w, s0 in zip(windows, plan.starts):
+            if s0 + len(w) > covered:
+                check.add(w[max(covered - s0, 0):])
+                covered = s0 + len(w)
+        check.check(src.label)
+    return windows
 
 
 def _decode(path: str) -> tuple[str, list[np.ndarray] | None, str | None]:
