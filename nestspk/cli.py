@@ -73,26 +73,21 @@ def _threshold(text: str) -> float | str:
     return t
 
 
-def _nonnegative(text: str) -> int:
-    """argparse type: an int >= 0."""
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text[:40]!r}") from None
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {v}")
-    return v
+def _int_at_least(lo: int, what: str):
+    """argparse type: an int >= ``lo``."""
+    def parse(text: str) -> int:
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text[:40]!r}") from None
+        if v < lo:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {v}")
+        return v
+    return parse
 
 
-def _positive(text: str) -> int:
-    """argparse type: a positive int."""
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text[:40]!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {v}")
-    return v
+_positive = _int_at_least(1, "a positive integer")
+_nonnegative = _int_at_least(0, "a whole number >= 0")
 
 
 def _verifier(a: argparse.Namespace, threshold: float | str | None = None):

@@ -62,7 +62,7 @@ def test_save_and_reload_round_trip(tmp_path: Path) -> None:
     (lambda r: r.__setitem__("surprise", 1), "surprise"),
     (lambda r: r.pop("embed_dim"), "embed_dim"),
     (lambda r: r.__setitem__("embed_dim", "512"), "embed_dim"),
-    (lambda r: r.__setitem__("sha256", "abc"), "weights.sha256"),
+    (lambda r: r["weights"].__setitem__("sha256", "abc"), "weights.sha256"),
     (lambda r: r["frontend"].__setitem__("sample_rate", 8000), "frontend.sample_rate"),
 ])
 def test_invalid_card_names_file_and_key(tmp_path: Path, edit, key: str) -> None:

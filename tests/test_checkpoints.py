@@ -26,9 +26,15 @@ def _copy(tmp_path: Path, *suffixes: str) -> Path:
     return tmp_path / f"{NAME}.json"
 
 
-def _edit_card(card: Path, **changes) -> None:
+def _edit_card(card: Path, sha256: str | None = None, **changes) -> None:
+    """Set top-level card keys; ``sha256`` sets the weights' checksum (``weights.sha256`` in card format 2)."""
     d = json.loads(card.read_text())
     d.update(changes)
+    if sha256 is not None:
+        if "weights" in d:
+            d["weights"]["sha256"] = sha256
+        else:
+            d["sha256"] = sha256
     card.write_text(json.dumps(d))
 
 

@@ -122,10 +122,12 @@ def test_tampered_int8_file_is_rejected(tmp_path: Path) -> None:
 
 def test_card_without_int8_file_says_how_to_make_one(tmp_path: Path) -> None:
     raw = json.loads(resolve_card("nested_4level").read_text())
-    for k in [k for k in raw if k.startswith("onnx_int8")]:
+    for k in [k for k in raw if k.startswith("onnx_int8")]:  # card format 1
         del raw[k]
+    raw.get("exports", {}).pop("int8", None)  # card format 2
     (tmp_path / "c.json").write_text(json.dumps(raw))
-    shutil.copy(ModelCard.load("nested_4level").resolve(raw["onnx_file"]), tmp_path / raw["onnx_file"])
+    fp32 = raw["exports"]["fp32"]["file"] if "exports" in raw else raw["onnx_file"]
+    shutil.copy(ModelCard.load("nested_4level").resolve(fp32), tmp_path / fp32)
     with pytest.raises(WeightsError, match="--int8"):
         OnnxEmbedder(tmp_path / "c.json", precision="int8")
 
