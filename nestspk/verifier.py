@@ -161,10 +161,16 @@ class Verifier:
 
     # -- embedding -----------------------------------------------------------------
     def _run(self, windows: list[np.ndarray]) -> np.ndarray:
-        embs = self.embedder.embed_batch(np.stack(windows))
+        """Embeddings of equal-length windows, float64; a window of digital silence (all zeros) adds nothing to
+        its input's sum (a zero row: what the torch model gives it; the ONNX graph would give 0/0)."""
+        x = np.stack(windows)
+        live = np.abs(x).max(axis=1) > 0
+        embs = np.zeros((len(x), self.embed_dim), dtype=np.float64)
+        if live.any():
+            embs[live] = self.embedder.embed_batch(np.ascontiguousarray(x[live]))
         if not np.isfinite(embs).all():
             raise NestspkError("the encoder produced a non-finite embedding; please report this input")
-        return embs.astype(np.float64)
+        return embs
 
     def embed(self, audio: AudioInput, sample_rate: int | None = None) -> np.ndarray:
         """One input -> L2-normalised embedding, shape (embed_dim,), float32."""

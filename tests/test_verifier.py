@@ -142,3 +142,16 @@ def test_baseline_selectable_and_threshold_override(example_files):
     assert not v.verify(example_files["a1"], example_files["a2"]).same_speaker
     with pytest.raises(ValueError):
         Verifier(backend="tensorrt")
+
+
+def test_zero_windows_inside_a_long_input_add_nothing_on_both_backends(speech) -> None:
+    """A stretch of digital silence inside a long recording: torch gives its windows a zero embedding and the ONNX
+    graph 0/0; both backends skip them, so the result is finite and the same."""
+    import numpy as np
+
+    from nestspk import Verifier
+
+    x = np.concatenate([np.tile(speech, 3), np.zeros(16000 * 20, np.float32), np.tile(speech, 2)])
+    a = Verifier("nested", device="cpu", backend="onnx").embed(x)
+    b = Verifier("nested", device="cpu", backend="torch").embed(x)
+    assert np.isfinite(a).all() and float(a @ b) > 0.9999
