@@ -2,8 +2,9 @@
 # Retraining on the device tool's GPU (one H200), with a corpus that does not fit one call's 64 MiB carry.
 # Everything lives outside the repository copy (/tmp), which survives back-to-back calls while the machine is warm.
 #
-#   call 1..4: bash benchmarks/device_retrain.sh stage .stage/sN      (carry .stage/sN: a ~50 MB shard of the files
-#              named by weights/lists/train.txt + dev_trials.txt + noise/, paths relative to the data root)
+#   call 1..4: bash benchmarks/device_retrain.sh stage .stage/sN      (carry .stage/sN: a ~44 MB shard of the files
+#              named by weights/lists/train.txt + dev_trials.txt + noise/, paths relative to the data root, made by
+#              benchmarks/stage_shards.py; a teacher.npy put in a shard is used instead of computing it there)
 #   call 4:    bash benchmarks/device_retrain.sh start MINUTES 'RUN=CONFIG[;ARG...]' ...   (carry .whl too)
 #              installs the carried wheels, decodes the training list once (nestspk-train pack), computes the
 #              Resemblyzer teacher targets (benchmarks/resemblyzer_embed.py), then starts every run in its own
@@ -28,9 +29,14 @@ start)
   t0=$(date +%s)
   python3 -m nestspk.train pack --list weights/lists/train.txt --out /tmp/nsdata/pack --workers 16 || exit 1
   echo "pack: $(( $(date +%s) - t0 )) s"
-  setsid nohup bash -c "python3 benchmarks/resemblyzer_embed.py list weights/lists/train.txt \
-    --out /tmp/nsdata/teacher.tmp.npy --workers 14 > /tmp/runs/teacher.log 2>&1 \
-    && mv /tmp/nsdata/teacher.tmp.npy /tmp/nsdata/teacher.npy" < /dev/null > /dev/null 2>&1 &
+  if [ -f /tmp/nsdata/teacher.npy ]; then  # computed elsewhere and carried in a shard
+    echo "teacher targets carried: $(python3 -c 'import numpy; print(numpy.load("/tmp/nsdata/teacher.npy").shape)')" \
+      | tee /tmp/runs/teacher.log
+  else
+    setsid nohup bash -c "python3 benchmarks/resemblyzer_embed.py list weights/lists/train.txt \
+      --out /tmp/nsdata/teacher.tmp.npy --workers 14 > /tmp/runs/teacher.log 2>&1 \
+      && mv /tmp/nsdata/teacher.tmp.npy /tmp/nsdata/teacher.npy" < /dev/null > /dev/null 2>&1 &
+  fi
   for spec in "$@"; do
     run=${spec%%=*}; args=${spec#*=}; args=${args//;/ }
     wait_teacher=""

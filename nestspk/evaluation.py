@@ -31,7 +31,8 @@ if TYPE_CHECKING:  # pragma: no cover
 
 log = logging.getLogger(__name__)
 
-__all__ = ["MissingDataError", "TrialScores", "score_trials", "resolve_trials", "OPERATING_POINTS"]
+__all__ = ["MissingDataError", "TrialScores", "TrialSegments", "load_trial_segments", "score_trials", "resolve_trials",
+           "OPERATING_POINTS"]
 
 OPERATING_POINTS = {"eer": ("eer", None), "far_0.01": ("far", 0.01), "far_0.001": ("far", 0.001)}
 """Operating points stored in model cards: name -> (:func:`nestspk.scoring.threshold_for` target, FAR)."""
@@ -91,21 +92,29 @@ def resolve_trials(trials: str | os.PathLike, card: "ModelCard | None" = None) -
                             f"{card.name} card)")
 
 
-def score_trials(embedder: "Embedder", trials: str | os.PathLike | Sequence[tuple[int, str, str]],
-                 root: str | os.PathLike | None = None, cohort: "Cohort | None" = None,
-                 batch_size: int = 32) -> TrialScores:
-    """Cosine scores (AS-norm with ``cohort``) of a trial list, every unique segment embedded once.
+@dataclass(frozen=True)
+class TrialSegments:
+    """The rows of a trial list and its usable segments' waveforms, loaded once (:func:`load_trial_segments`)."""
 
-    ``trials``: a ``label path1 path2`` file (relative paths: as given, else beside ``embedder.card``) or its
-    rows. ``root``: the folder the list's paths are relative to (default :func:`nestspk.corpus.default_data_root`).
-    Missing audio raises :class:`MissingDataError`; unusable segments are skipped (module docstring).
+    rows: list[tuple[int, str, str]]
+    name: str
+    waveforms: dict[str, np.ndarray]
+    skipped: dict[str, str]
+
+    @property
+    def n_segments(self) -> int:
+        return len(self.waveforms) + len(self.skipped)
+
+
+def load_trial_segments(trials: str | os.PathLike | Sequence[tuple[int, str, str]],
+                        root: str | os.PathLike | None = None, card: "ModelCard | None" = None) -> TrialSegments:
+    """Read a trial list (or take its rows) and load every unique segment as 16 kHz mono float32.
+
+    Missing audio raises :class:`MissingDataError`; unusable segments are kept in ``skipped`` (module docstring).
     """
-    from .runtime import embed_waveforms
-    from .scoring import _combine, cosine_scores
-
     root = Path(root) if root is not None else default_data_root()
     if isinstance(trials, (str, os.PathLike)):
-        path = resolve_trials(trials, getattr(embedder, "card", None))
+        path = resolve_trials(trials, card)
         rows, name = read_trials(path), str(path)
     else:
         rows, name = list(trials), "<trials>"
@@ -127,9 +136,28 @@ def score_trials(embedder: "Embedder", trials: str | os.PathLike | Sequence[tupl
     if bad:
         log.warning("%s: %d of %d segments unusable and skipped with their trials, e.g. %s",
                     name, len(bad), len(segs), next(iter(bad.values())))
+    return TrialSegments(rows=rows, name=name, waveforms=wavs, skipped=bad)
+
+
+def score_trials(embedder: "Embedder", trials: "str | os.PathLike | Sequence[tuple[int, str, str]] | TrialSegments",
+                 root: str | os.PathLike | None = None, cohort: "Cohort | None" = None,
+                 batch_size: int = 32) -> TrialScores:
+    """Cosine scores (AS-norm with ``cohort``) of a trial list, every unique segment embedded once.
+
+    ``trials``: a ``label path1 path2`` file (relative paths: as given, else beside ``embedder.card``), its
+    rows, or :class:`TrialSegments` already loaded (training's dev set scores the same list every epoch).
+    ``root``: the folder the list's paths are relative to (default :func:`nestspk.corpus.default_data_root`).
+    Missing audio raises :class:`MissingDataError`; unusable segments are skipped (module docstring).
+    """
+    from .runtime import embed_waveforms
+    from .scoring import _combine, cosine_scores
+
+    loaded = trials if isinstance(trials, TrialSegments) else \
+        load_trial_segments(trials, root, getattr(embedder, "card", None))
+    rows, wavs = loaded.rows, loaded.waveforms
     kept = [t for t in rows if t[1] in wavs and t[2] in wavs]
     if not kept:
-        raise NestspkError(f"{name}: no trial has two usable segments")
+        raise NestspkError(f"{loaded.name}: no trial has two usable segments")
     names = sorted(wavs)
     index = {s: i for i, s in enumerate(names)}
     emb = embed_waveforms(embedder, [wavs[s] for s in names], batch_size)
@@ -140,7 +168,7 @@ def score_trials(embedder: "Embedder", trials: str | os.PathLike | Sequence[tupl
     if cohort is not None:
         mu, sd = cohort.stats(emb)  # once per unique segment
         scores = _combine(scores, mu[ia], sd[ia], mu[ib], sd[ib])
-    return TrialScores(scores=scores, labels=labels, trials=name, n_trials=len(rows), n_segments=len(segs),
-                       score_norm="asnorm" if cohort is not None else "none", skipped=bad,
-                       top_k=cohort.top_k if cohort is not None else None,
+    return TrialScores(scores=scores, labels=labels, trials=loaded.name, n_trials=len(rows),
+                       n_segments=loaded.n_segments, score_norm="asnorm" if cohort is not None else "none",
+                       skipped=loaded.skipped, top_k=cohort.top_k if cohort is not None else None,
                        cohort_size=cohort.size if cohort is not None else None)

@@ -1,6 +1,7 @@
 import csv
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -109,3 +110,25 @@ def test_distillation_and_real_noise_train_from_a_pack(tmp_path, training_data):
     with pytest.raises(ValueError, match="rows for"):
         np.save(tmp_path / "teacher.npy", np.zeros((n + 1, 16), dtype="float32"))
         train(cfg, tmp_path / "run2", device="cpu", progress=False)
+
+
+def test_package_writes_a_card_whose_dev_figures_the_runtime_reproduces(tmp_path, training_data):
+    """nestspk-train package goes through ModelCard; the card's dev EER is what score_trials gives users' runtime."""
+    from nestspk.card import ModelCard
+    from nestspk.evaluation import score_trials
+    from nestspk.runtime import make_embedder
+    from nestspk.train.package import package_run
+
+    s = train(apply_overrides(load_config("smoke"), ["optim.epochs=1"]), tmp_path / "run", device="cpu",
+              progress=False)
+    assert s["status"] == "finished"
+    card = package_run(tmp_path / "run", "tiny", tmp_path / "weights", Path("weights/lists/smoke_dev_trials.txt"))
+    loaded = ModelCard.load(tmp_path / "weights" / "tiny.json")
+    assert loaded.to_dict() == card.to_dict()
+    assert loaded.threshold() == s["best_dev"]["threshold"]
+    loaded.verified(loaded.weights)  # the sha256 in the card is that of the written .pt
+    embedder = make_embedder(loaded, backend="torch", device="cpu")
+    m = score_trials(embedder, "weights/lists/smoke_dev_trials.txt").metrics()
+    assert m["eer"] == pytest.approx(loaded.metrics["dev"]["eer"], abs=1e-9)
+    assert m["eer"] == pytest.approx(loaded.metrics["test"]["eer"], abs=1e-9)
+    assert not list((tmp_path / "weights").glob("*.nestspk-tmp"))

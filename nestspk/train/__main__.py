@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
         a = p.parse_args(argv[1:])
         from .package import package_run
         card = package_run(a.run, a.name, a.weights_dir, a.test_trials)
-        print(json.dumps(card, indent=1))
+        print(json.dumps(card.to_dict(), indent=1))
         return 0
     p = argparse.ArgumentParser(prog="nestspk-train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", required=True, help="YAML path or shipped config name")

@@ -7,10 +7,11 @@ from pathlib import Path
 
 import torch
 
-from ..models import build_model, count_parameters
-from ..checkpoints import sha256_file
-from .trainer import DevSet
+from ..card import CARD_FORMAT, ModelCard, sha256_file
 from ..corpus import default_data_root, describe_train_list
+from ..fileio import atomic_write
+from ..models import build_model, count_parameters
+from .trainer import DevSet
 
 
 def _git_commit() -> str:
@@ -37,10 +38,10 @@ def evaluate_run(run: Path, trials: Path, root: Path | None = None) -> dict:
     return DevSet(trials, root or default_data_root()).evaluate(model.eval(), torch.device("cpu"))
 
 
-def package_run(run: Path, name: str, weights_dir: Path, test_trials: Path | None = None) -> dict:
-    """Copy the run's best checkpoint to ``weights_dir/name.pt`` and write its card.
+def package_run(run: Path, name: str, weights_dir: Path, test_trials: Path | None = None) -> ModelCard:
+    """Copy the run's best checkpoint to ``weights_dir/name.pt`` and write its card (through :class:`ModelCard`).
 
-    The card's threshold is the EER operating point on the dev trials; test-trial
+    The card's default threshold is the EER operating point on the dev trials; test-trial
     metrics are measured here (CPU) if ``test_trials`` exists.
     """
     cfg = json.loads((run / "config.json").read_text())
@@ -50,22 +51,24 @@ def package_run(run: Path, name: str, weights_dir: Path, test_trials: Path | Non
     model.load_state_dict(state)
     weights_dir.mkdir(parents=True, exist_ok=True)
     pt = weights_dir / f"{name}.pt"
-    torch.save({"model": {k: v.contiguous() for k, v in model.state_dict().items()}}, pt)
+    with atomic_write(pt) as f:
+        torch.save({"model": {k: v.contiguous() for k, v in model.state_dict().items()}}, f)
     root = Path(cfg["data"]["root"]) if cfg["data"]["root"] else default_data_root()
     metrics = {"dev": summary["best_dev"]}
     if test_trials is not None and test_trials.is_file():
         metrics["test"] = DevSet(test_trials, root).evaluate(model.eval(), torch.device("cpu"))
-    card = {
+    raw = {
+        "format": CARD_FORMAT,
         "name": name,
         "model": cfg["model"],
         "model_options": cfg["model_options"],
         "frontend": model.frontend_cfg.to_dict(),
         "embed_dim": model.embed_dim,
         "parameters": count_parameters(model),
-        "weights_file": pt.name,
-        "sha256": sha256_file(pt),
-        "threshold": summary["best_dev"]["threshold"],
-        "threshold_source": "cosine score at the equal-error-rate point of the dev trials",
+        "weights": {"file": pt.name, "sha256": sha256_file(pt)},
+        # the default decision threshold; `python -m nestspk.scoring --update-card` adds the other points
+        "operating_points": {"fitted_on": Path(cfg["data"]["dev_trials"]).name,
+                             "raw": {"eer": summary["best_dev"]["threshold"]}},
         "metrics": metrics,
         "metrics_note": "LibriSpeech test-clean trials across chapters (recording sessions); dev and test "
                         "speakers disjoint from training (weights/lists/, nestspk-train prepare)",
@@ -82,5 +85,6 @@ def package_run(run: Path, name: str, weights_dir: Path, test_trials: Path | Non
             "git_commit": _git_commit(),
         },
     }
-    (weights_dir / f"{name}.json").write_text(json.dumps(card, indent=1) + "\n")
+    card = ModelCard.from_dict(raw, weights_dir / f"{name}.json")
+    card.save()
     return card

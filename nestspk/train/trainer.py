@@ -13,13 +13,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from ..metrics import compute_eer, compute_min_dcf
+from ..errors import NestspkError
+from ..evaluation import load_trial_segments, score_trials
 from ..models import SpeakerModel, build_model, count_parameters
+from ..runtime.torch_runtime import TorchEmbedder
 from . import distributed as ddp
 from .config import TrainConfig
-from ..corpus import AUDIO_SUFFIXES, default_data_root, load_segment, read_train_list, read_trials
+from ..corpus import AUDIO_SUFFIXES, default_data_root, read_train_list
 from .data import BatchSampler, WaveformBank
 from .loss import AAMSoftmax, DistillLoss
 
@@ -42,42 +43,28 @@ def param_group_name(name: str) -> str:
 
 
 class DevSet:
-    """Dev trial list with its waveforms loaded once (CPU)."""
+    """A dev trial list, its segments loaded once (CPU), scored through :func:`nestspk.evaluation.score_trials`."""
 
     def __init__(self, trials_path: Path, root: Path):
-        self.trials = read_trials(trials_path)
-        specs = sorted({s for _, a, b in self.trials for s in (a, b)})
-        self.index = {s: i for i, s in enumerate(specs)}
-        self.wavs = [load_segment(s, root) for s in specs]
-        self.labels = np.array([t[0] for t in self.trials])
-        self.pairs = np.array([(self.index[a], self.index[b]) for _, a, b in self.trials])
+        self.segments = load_trial_segments(trials_path, root)
 
     @torch.no_grad()
     def evaluate(self, model: SpeakerModel, device: torch.device) -> dict:
+        """EER, its threshold and minDCF (0.01, 0.05) of ``model`` (left in eval mode); NaN when it diverged."""
         # every dev utterance has its own length: cuDNN autotuning each one cost ~4 min per run's first epoch
         bench, torch.backends.cudnn.benchmark = torch.backends.cudnn.benchmark, False
         try:
-            return self._evaluate(model, device)
+            embedder = TorchEmbedder.from_model(model, device=str(device))
+            try:
+                m = score_trials(embedder, self.segments, batch_size=64).metrics()
+            except NestspkError as e:  # a non-finite embedding: the run diverged
+                log.warning("dev evaluation: %s", e)
+                return {"eer": float("nan"), "min_dcf_0.01": float("nan"), "min_dcf_0.05": float("nan"),
+                        "threshold": float("nan")}
+            return {"eer": m["eer"], "threshold": m["eer_threshold"], "min_dcf_0.01": m["min_dcf_0.01"],
+                    "min_dcf_0.05": m["min_dcf_0.05"]}
         finally:
             torch.backends.cudnn.benchmark = bench
-
-    def _evaluate(self, model: SpeakerModel, device: torch.device) -> dict:
-        model.eval()
-        by_len = defaultdict(list)
-        for i, w in enumerate(self.wavs):
-            by_len[len(w)].append(i)
-        embs = torch.empty(len(self.wavs), model.embed_dim)
-        for idxs in by_len.values():
-            for k in range(0, len(idxs), 64):
-                chunk = idxs[k:k + 64]
-                x = torch.from_numpy(np.stack([self.wavs[i] for i in chunk])).to(device)
-                embs[chunk] = model.embed(x).float().cpu()
-        scores = (embs[self.pairs[:, 0]] * embs[self.pairs[:, 1]]).sum(1).numpy()
-        if not np.isfinite(scores).all():
-            return {"eer": float("nan"), "min_dcf_0.01": float("nan"), "min_dcf_0.05": float("nan"), "threshold": float("nan")}
-        eer, thr = compute_eer(scores, self.labels)
-        return {"eer": eer, "threshold": thr, "min_dcf_0.01": compute_min_dcf(scores, self.labels, 0.01)[0],
-                "min_dcf_0.05": compute_min_dcf(scores, self.labels, 0.05)[0]}
 
 
 class CsvLog:
