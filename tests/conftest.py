@@ -12,7 +12,7 @@ EXAMPLES = REPO / "examples"
 
 
 def reliability_bench():
-    """benchmarks/reliability.py as a module (its fuzz strategies and helpers are shared with the tests)."""
+    """benchmarks/reliability.py as a module (its fuzz runners and helpers; the strategies are tests/fuzz_strategies.py)."""
     import importlib.util
     import sys
 

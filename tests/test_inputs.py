@@ -14,6 +14,7 @@ from nestspk.audio import (AUDIO_SUFFIXES, SpeechCheck, audio_info, check_speech
                            open_audio, plan_segments, window_starts)
 from nestspk.errors import AudioError, InputError, NestspkError
 
+import fuzz_strategies as fs
 from conftest import reliability_bench
 
 rel = reliability_bench()
@@ -27,7 +28,7 @@ def _flac_bytes(x: np.ndarray, sr: int = SR) -> bytes:
     return buf.getvalue()
 
 
-unknown_length_flac = rel.unknown_length_flac
+unknown_length_flac = fs.unknown_length_flac
 
 
 @pytest.fixture(scope="module")
@@ -82,7 +83,7 @@ def test_long_files_get_the_same_validation(tmp_path: Path, long_speech: np.ndar
 # --------------------------------------------------------------------------- sources (16.5, 17.3, 17.14)
 
 
-_Pipe = rel.Pipe
+_Pipe = fs.Pipe
 
 
 def test_bytes_and_file_objects_are_content(tmp_path: Path, speech: np.ndarray) -> None:

@@ -1,7 +1,7 @@
 """Reliability (GitHub issue #6): fuzzed inputs, threads, ``nestspk embed --resume``, gallery files.
 
-The fuzz strategies live in ``benchmarks/reliability.py`` (one source; the benchmark runs
-2000 cases, CI runs a bounded, derandomized sample here).
+The fuzz strategies live in ``tests/fuzz_strategies.py`` (one source: ``benchmarks/reliability.py fuzz``
+runs thousands of cases, CI a bounded, derandomized sample here, through the benchmark's runners).
 """
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ from nestspk.audio import load_audio
 from nestspk.errors import AudioError, GalleryError, NestspkError
 from nestspk.verifier import Verifier
 
+import fuzz_strategies as fs
 from conftest import reliability_bench
 
 REPO = Path(__file__).resolve().parent.parent
@@ -54,7 +55,7 @@ def clips(librispeech_files) -> list[np.ndarray]:
 
 @settings(max_examples=60, deadline=None, derandomize=True, database=None,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
-@given(case=rel.strategies())
+@given(case=fs.strategies())
 def test_fuzz_embed_outcome_is_embedding_or_labelled_error(verifier, workdir, case) -> None:
     outcome, detail = rel.run_case(verifier, case, workdir)
     assert not outcome.startswith(rel.BAD_PREFIXES), f"{outcome} for {case.desc}: {detail}"
@@ -74,18 +75,18 @@ def test_fixed_edge_cases(verifier, workdir, clips) -> None:
     t = np.arange(SR)
     cases = {
         # expected outcome: True = embedding, else the error text
-        "square": (rel.Case("array", np.where((t // 40) % 2 == 0, 1.0, -1.0).astype(np.float32), None, ""),
+        "square": (fs.Case("array", np.where((t // 40) % 2 == 0, 1.0, -1.0).astype(np.float32), None, ""),
                    "does not look like speech"),
-        "dc": (rel.Case("array", np.full(SR, 0.3, np.float32), None, ""), "does not look like speech"),
-        "int16 8ch": (rel.Case("array", (np.tile(speech[:, None], 8) * 30000).astype(np.int16), 16000, ""), True),
-        "uint8": (rel.Case("array", (speech * 100 + 128).astype(np.uint8), 16000, ""), True),
-        "nan": (rel.Case("array", np.where(t == 5, np.nan, 0.1).astype(np.float32), None, ""), "NaN"),
-        "empty": (rel.Case("array", np.zeros(0, np.float32), None, ""), "empty"),
-        "1 sample": (rel.Case("array", np.ones(1, np.float32) * 0.5, None, ""), "too short"),
-        "odd rate": (rel.Case("array", speech, 44101, ""), "sample_rate 44101"),
-        "odd rate file": (rel.Case("file", _wav_bytes(speech, 44101), None, ""), "sample_rate 44101"),
-        "0-byte file": (rel.Case("file", b"", None, ""), "empty file"),
-        "header only": (rel.Case("file", _wav_bytes(speech, SR)[:44], None, ""), ""),
+        "dc": (fs.Case("array", np.full(SR, 0.3, np.float32), None, ""), "does not look like speech"),
+        "int16 8ch": (fs.Case("array", (np.tile(speech[:, None], 8) * 30000).astype(np.int16), 16000, ""), True),
+        "uint8": (fs.Case("array", (speech * 100 + 128).astype(np.uint8), 16000, ""), True),
+        "nan": (fs.Case("array", np.where(t == 5, np.nan, 0.1).astype(np.float32), None, ""), "NaN"),
+        "empty": (fs.Case("array", np.zeros(0, np.float32), None, ""), "empty"),
+        "1 sample": (fs.Case("array", np.ones(1, np.float32) * 0.5, None, ""), "too short"),
+        "odd rate": (fs.Case("array", speech, 44101, ""), "sample_rate 44101"),
+        "odd rate file": (fs.Case("file", _wav_bytes(speech, 44101), None, ""), "sample_rate 44101"),
+        "0-byte file": (fs.Case("file", b"", None, ""), "empty file"),
+        "header only": (fs.Case("file", _wav_bytes(speech, SR)[:44], None, ""), ""),
     }
     for name, (case, want) in cases.items():
         outcome, detail = rel.run_case(verifier, case, workdir)
