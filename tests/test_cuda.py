@@ -44,3 +44,23 @@ def test_cuda_index_and_graph_option():
 
     v = Verifier("nested", device="cuda:0", cuda_graphs=False)
     assert v.backend == "torch" and v.device == "cuda:0" and not v.embedder.cuda_graphs
+
+
+@pytest.mark.parametrize("cuda_graphs", [True, False])
+def test_pinned_staging_keeps_concurrent_calls_apart(cuda_graphs):
+    """Batches above PINNED_MIN_BYTES share one page-locked buffer: threads must still get their own results."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from nestspk.runtime import make_embedder
+    from nestspk.runtime.torch_runtime import PINNED_MIN_BYTES
+
+    emb = make_embedder("nested_4level", backend="torch", device="cuda", cuda_graphs=cuda_graphs)
+    rng = np.random.default_rng(0)
+    batches = [(0.1 * rng.standard_normal((8, 64000))).astype(np.float32) for _ in range(6)]
+    assert batches[0].nbytes >= PINNED_MIN_BYTES
+    want = [emb.embed_batch(b) for b in batches for _ in range(2)][1::2]  # second call: replayed graph
+    with ThreadPoolExecutor(6) as pool:
+        got = list(pool.map(emb.embed_batch, batches * 4))
+    for i, g in enumerate(got):
+        np.testing.assert_allclose(g, want[i % len(batches)], atol=1e-5)
+    assert emb._pinned is not None and emb._pinned.is_pinned()

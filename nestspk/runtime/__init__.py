@@ -119,7 +119,7 @@ def resolve_backend(backend: str, device: str) -> tuple[str, str]:
     return backend, device
 
 
-_TORCH_OPTIONS = ("cuda_graphs", "max_graphs", "intra_op_threads")
+_TORCH_OPTIONS = ("cuda_graphs", "max_graphs", "intra_op_threads", "pinned_staging")
 _ONNX_OPTIONS = ("intra_op_threads", "precision")
 
 
@@ -127,8 +127,8 @@ def make_embedder(card: "ModelCard | str | os.PathLike" = "nested_4level", backe
                   device: str = "auto", **options: Any) -> Embedder:
     """The :class:`Embedder` of ``card`` on ``backend`` (``auto``, ``torch``, ``onnx``) and ``device``.
 
-    Options: ``intra_op_threads`` (both backends; default :data:`DEFAULT_CPU_THREADS` on CPU), ``cuda_graphs``
-    and ``max_graphs`` (torch), ``precision`` (onnx: ``fp32`` or ``int8``). With ``backend="auto"`` a card
+    Options: ``intra_op_threads`` (both backends; default :data:`DEFAULT_CPU_THREADS` on CPU), ``cuda_graphs``,
+    ``max_graphs`` and ``pinned_staging`` (torch), ``precision`` (onnx: ``fp32`` or ``int8``). With ``backend="auto"`` a card
     without an fp32 ONNX export runs on torch. Unknown options raise TypeError naming the known ones.
     """
     from ..card import ModelCard
