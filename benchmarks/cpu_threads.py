@@ -27,7 +27,7 @@ def main() -> None:
     from nestspk.audio import load_audio
     from nestspk.runtime import make_embedder
 
-    wav = load_audio("examples/speaker_8609_part1.flac")[: int(args.seconds * 16000)][None]
+    wav = load_audio("examples/speaker_121_session1.flac")[: int(args.seconds * 16000)][None]
     embedders = {}
     for t in args.threads:
         embedders[("onnx", t)] = make_embedder("nested", backend="onnx", device="cpu", intra_op_threads=t)

@@ -6,7 +6,7 @@ import numpy as np
 from nestspk import Verifier
 
 here = Path(__file__).parent
-a1, a2, b = here / "speaker_8609_part1.flac", here / "speaker_8609_part2.flac", here / "speaker_1841.flac"
+a1, a2, b = here / "speaker_121_session1.flac", here / "speaker_121_session2.flac", here / "speaker_1221.flac"
 
 verifier = Verifier()  # nested_4level, CPU or CUDA automatically
 for x, y in [(a1, a2), (a1, b)]:
@@ -16,6 +16,6 @@ for x, y in [(a1, a2), (a1, b)]:
 emb = verifier.embed(a1)  # (512,) float32, L2-normalised
 print("embedding", emb.shape, "norm", round(float(np.linalg.norm(emb)), 4))
 
-verifier.enroll("speaker_8609", [a1])
-verifier.enroll("speaker_1841", [b])
-print("identify(part2):", verifier.identify(a2, top_k=2))
+verifier.enroll("speaker_121", [a1])
+verifier.enroll("speaker_1221", [b])
+print("identify(session2):", verifier.identify(a2, top_k=2))

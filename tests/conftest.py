@@ -49,7 +49,7 @@ def _build_standin(root: Path) -> None:
     fsdd = root / "fsdd" / "recordings"
     libri.mkdir(parents=True)
     fsdd.mkdir(parents=True)
-    names = {"8609": "alpha", "1841": "bravo"}
+    names = {"121": "alpha", "1221": "bravo"}
     for i, f in enumerate(sorted(EXAMPLES.glob("*.flac"))):
         x, sr = sf.read(f, dtype="float32")
         spk = f.stem.split("_")[1]
@@ -91,9 +91,9 @@ def training_data() -> None:
 @pytest.fixture(scope="session")
 def example_files() -> dict[str, Path]:
     return {
-        "a1": EXAMPLES / "speaker_8609_part1.flac",
-        "a2": EXAMPLES / "speaker_8609_part2.flac",
-        "b": EXAMPLES / "speaker_1841.flac",
+        "a1": EXAMPLES / "speaker_121_session1.flac",
+        "a2": EXAMPLES / "speaker_121_session2.flac",
+        "b": EXAMPLES / "speaker_1221.flac",
     }
 
 
@@ -102,7 +102,7 @@ def speech() -> np.ndarray:
     """4 s of real speech (float32, 16 kHz) from the bundled example."""
     import soundfile as sf
 
-    x, sr = sf.read(EXAMPLES / "speaker_8609_part1.flac", dtype="float32")
+    x, sr = sf.read(EXAMPLES / "speaker_121_session1.flac", dtype="float32")
     assert sr == 16000
     return x[: 4 * sr]
 

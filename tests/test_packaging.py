@@ -62,5 +62,5 @@ def test_sdist_has_license_examples_and_runtime(tmp_path: Path) -> None:
         os.chdir(cwd)
     with tarfile.open(tmp_path / name) as tar:
         files = {m.name.split("/", 1)[1] for m in tar.getmembers() if "/" in m.name}
-    assert {"LICENSE", "examples/verify_example.py", "examples/speaker_1841.flac", "nestspk/runtime/__init__.py",
+    assert {"LICENSE", "examples/verify_example.py", "examples/speaker_1221.flac", "nestspk/runtime/__init__.py",
             "nestspk/card.py", "weights/nested_4level.json"} <= files

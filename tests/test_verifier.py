@@ -24,12 +24,12 @@ def test_embed_inputs_agree(nested_verifier, example_files):
     e_file = nested_verifier.embed(path)
     e_np = nested_verifier.embed(x, sample_rate=sr)
     e_t = nested_verifier.embed(torch.from_numpy(x), sample_rate=sr)
-    e_int = nested_verifier.embed((x * 32767).astype(np.int16), sample_rate=sr)
+    e_int = nested_verifier.embed(np.round(x * 32768).astype(np.int16), sample_rate=sr)  # the file's own samples
     assert e_file.shape == (512,) and e_file.dtype == np.float32
     assert np.linalg.norm(e_file) == pytest.approx(1.0, abs=1e-5)
     np.testing.assert_allclose(e_file, e_np, atol=1e-6)
     np.testing.assert_allclose(e_file, e_t, atol=1e-6)
-    assert float(e_file @ e_int) > 0.999  # int16 rounding of quiet passages
+    assert float(e_file @ e_int) > 0.99999
 
 
 def test_stereo_and_other_rates(nested_verifier, example_files, tmp_path):
@@ -109,10 +109,10 @@ def test_enroll_identify_gallery_round_trip(nested_verifier, example_files, tmp_
     v = Verifier("nested", device="cpu")
     with pytest.raises(GalleryError):
         v.identify(example_files["a2"])
-    v.enroll("s8609", example_files["a1"])
-    v.enroll("s1841", [example_files["b"]])
+    v.enroll("s121", example_files["a1"])
+    v.enroll("s1221", [example_files["b"]])
     top = v.identify(example_files["a2"], top_k=2)
-    assert [n for n, _ in top][0] == "s8609" and top[0][1] > top[1][1]
+    assert [n for n, _ in top][0] == "s121" and top[0][1] > top[1][1]
     path = tmp_path / "gallery.npz"
     v.save_gallery(path)
     w = Verifier("nested", device="cpu")
