@@ -25,3 +25,22 @@ def test_api_example_runs(example_files) -> None:
     scope: dict = {}
     exec(compile(code, "README.md", "exec"), scope)
     assert scope["r"].same_speaker and scope["e"].shape == (512,)
+
+
+def test_layout_table_names_every_module() -> None:
+    """The README's layout table matches the tree: every module and sub-package of nestspk/ is named in it."""
+    layout = README[README.index("## Layout"):]
+    layout = layout[:layout.index("\n## ", 1)]
+    covered = set()
+    for row in layout.splitlines():
+        if row.startswith("| `"):
+            for token in re.findall(r"`([^`]+)`", row.split("|")[1]):
+                covered.add(token.removeprefix("nestspk/"))
+    pkg = REPO / "nestspk"
+    modules = [p.name for p in pkg.glob("*.py") if not p.name.startswith("_")]
+    packages = [f"{p.name}/" for p in pkg.iterdir() if (p / "__init__.py").is_file()]
+    missing = sorted(set(modules + packages) - covered)
+    assert not missing, f"README layout table does not name: {missing}"
+    stale = sorted(t for t in covered if t.endswith(".py") and "/" not in t and not (pkg / t).is_file()
+                   and not (REPO / t).exists())
+    assert not stale, f"README layout table names files that do not exist: {stale}"
