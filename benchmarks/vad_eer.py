@@ -217,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
 
     result = {
         "command": " ".join(["python", shlex.quote(_relative(sys.argv[0]))] + [shlex.quote(x) for x in sys.argv[1:]]),
-        "git_commit": commit, "model": plain.model_name, "weights_sha256": plain.card.get("sha256"),
+        "git_commit": commit, "model": plain.model_name, "weights_sha256": plain.card.weights.sha256,
         "backend": a.backend, "device": a.device, "trials": str(a.trials), "n_trials": len(trials),
         "n_target": int(labels.sum()), "n_segments": len(specs), "pad_s": a.pad, "snr_db": list(a.snr),
         "noise_files": [f.name for f in noise_files], "seed": a.seed, "vad": repr(vad_model),

@@ -68,7 +68,8 @@ def test_smoke_training_decreases_loss_without_nan(tmp_path, training_data):
     losses = [float(r["loss"]) for r in rows]
     assert all(math.isfinite(x) for x in losses) and losses[-1] < losses[0]
     steps = list(csv.DictReader(open(tmp_path / "run" / "steps.csv")))
-    assert {"grad_norm", "grad/levels.0", "weight/level2", "act_rms/level4", "lr"} <= set(steps[0])
+    assert {"grad_norm", "grad/levels.0", "weight/level2", "act_rms/level4", "nested_rms/level2", "lr"} <= set(steps[0])
+    assert all(float(r["act_rms/level1"]) > 0 for r in steps)  # read through forward hooks (train/telemetry.py)
     assert 0.0 < float(steps[-1]["weight/level3"]) < 1.0
     # resume: asking for one more epoch continues from last.pt instead of restarting
     s2 = train(apply_overrides(load_config("smoke"), ["optim.epochs=4"]), tmp_path / "run", device="cpu", progress=False)

@@ -17,7 +17,6 @@ Input: normalised log-mel (B, n_mels, frames); output (B, embed_dim), not L2-nor
 """
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass
 
 import torch
@@ -173,8 +172,9 @@ class NestedSpeakerNet(nn.Module):
         self.pool = make_pooling(cfg.pooling, pool_in)
         self.fc = nn.Linear(self.pool.out_dim, cfg.embed_dim)
         self.level_names = [f"level{i + 1}" for i in range(len(ch))]
-        self.record_telemetry = False
-        self.telemetry: dict[str, float] = {}
+        # each level's output (after its nested input is added) passes through one of these no-ops: a place for
+        # forward hooks (training telemetry, nestspk.train.telemetry); no parameters, no effect on the graph
+        self.level_outputs = nn.ModuleList(nn.Identity() for _ in ch)
 
     def nested_weight(self, level: int) -> torch.Tensor | float:
         """The weight that scales level ``level``'s nested input (sigmoid(w) or the fixed value)."""
@@ -197,15 +197,13 @@ class NestedSpeakerNet(nn.Module):
         else:
             y = proj.proj[0](inputs)
             norm = proj.proj[1]
-            if not self.record_telemetry and fused.can_fuse(y, x, norm):
+            if fused.can_fuse(y, x, norm):
                 w_logit = self.nested_w[str(level)] if self.cfg.nested_weight == "learnable" else None
                 return fused.group_norm_relu_add(y, x, norm, w_logit, self.cfg.fixed_weight)
             # Under autocast GroupNorm runs in fp32; without this cast the sum (and every later
             # level, pooling and concat) is promoted to fp32. No-op in fp32. Training keeps the
             # promotion so the recorded fp16 runs stay reproducible.
             prev = proj.after_conv(y).to(x.dtype)
-        if self.record_telemetry:
-            self.telemetry[f"nested_rms/level{level}"] = prev.detach().float().pow(2).mean().sqrt().item()
         return x + self.nested_weight(level) * prev
 
     def forward(self, feats: torch.Tensor) -> torch.Tensor:
@@ -218,8 +216,7 @@ class NestedSpeakerNet(nn.Module):
             key = str(i + 1)
             if key in self.nested:
                 x = self._add_nested(i + 1, x, outs, pooled)
-            if self.record_telemetry:
-                self.telemetry[f"act_rms/level{i + 1}"] = x.detach().float().pow(2).mean().sqrt().item()
+            x = self.level_outputs[i](x)
             outs.append(x)
         if self.cfg.fusion:
             pooled = []

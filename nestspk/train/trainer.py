@@ -23,6 +23,7 @@ from .config import TrainConfig
 from ..corpus import AUDIO_SUFFIXES, default_data_root, read_train_list
 from .data import BatchSampler, WaveformBank
 from .loss import AAMSoftmax, DistillLoss
+from .telemetry import ActivationTelemetry
 
 log = logging.getLogger(__name__)
 
@@ -180,6 +181,7 @@ def _train(cfg: TrainConfig, out: Path, dev: torch.device, ctx: ddp.DistContext,
             log.info("tensorboard not installed; telemetry goes to CSV only")
     step_log, epoch_log = CsvLog(out / "steps.csv"), CsvLog(out / "epochs.csv")
     is_nested = hasattr(model.encoder, "nested")
+    telemetry = ActivationTelemetry(model.encoder) if is_nested else None
     n_params = count_parameters(model)
     if main:
         log.info("%s: %s, %d parameters, %d classes, device %s", cfg.name, cfg.model, n_params, bank.n_classes, dev)
@@ -205,8 +207,8 @@ def _train(cfg: TrainConfig, out: Path, dev: torch.device, ctx: ddp.DistContext,
         for _ in bar:
             state["step"] += 1
             record = state["step"] % cfg.log_every == 0
-            if is_nested:
-                model.encoder.record_telemetry = record
+            if telemetry is not None:
+                telemetry.enabled = record
             wav, labels, rec = sampler.sample(batch_size)
             with torch.autocast(dev.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
                 loss, acc = net(wav, labels, None if targets is None else targets[rec])
@@ -240,7 +242,7 @@ def _train(cfg: TrainConfig, out: Path, dev: torch.device, ctx: ddp.DistContext,
                 if is_nested:
                     for k in model.encoder.nested:
                         row[f"weight/level{k}"] = model.encoder.nested_weight_value(int(k))
-                    row.update(model.encoder.telemetry)
+                    row.update(telemetry.read())
                 step_log.write(row)
                 if writer:
                     for k, v in row.items():
