@@ -28,9 +28,21 @@ def test_registry_and_parameter_counts():
 
 
 def test_nested_switches_reproduce_seed_variants():
-    pre = build_model("nested", {"nested_norm": "batch", "align": "interpolate", "nested_weight": "fixed"}).encoder
+    from nestspk.train.seed_variants import build_training_model
+
+    seed = {"nested_norm": "batch", "align": "interpolate", "nested_weight": "fixed"}
+    with pytest.raises(ValueError, match="training-only"):  # the shipped architecture has no collapse switches
+        build_model("nested", seed)
+    pre = build_training_model("nested_seed", seed).encoder
     assert isinstance(pre.nested["3"].proj[1], torch.nn.BatchNorm2d)
     assert pre.nested_weight(3) == 0.5 and len(pre.nested_w) == 0
+    x = torch.randn(2, 80, 203)
+    pooled = build_training_model("nested_seed", {**seed, "align": "adaptive_pool"}).encoder.eval()
+    interp = build_training_model("nested_seed", seed).encoder.eval()
+    interp.load_state_dict(pooled.state_dict())  # same parameters, only the alignment differs
+    with torch.no_grad():
+        assert not torch.allclose(pooled(x), interp(x), atol=1e-4)
+    assert count_parameters(build_training_model("nested_seed", {})) == 1_289_895
     fixed = build_model("nested").encoder
     assert isinstance(fixed.nested["3"].proj[1], torch.nn.GroupNorm)
     assert abs(fixed.nested_weight_value(2) - torch.sigmoid(torch.tensor(0.3)).item()) < 1e-6
@@ -38,6 +50,8 @@ def test_nested_switches_reproduce_seed_variants():
     assert list(only3.nested) == ["3"] and not hasattr(only3, "fuse")
     with pytest.raises(ValueError):
         build_model("nested", {"align": "bicubic"})
+    with pytest.raises(ValueError, match="unknown align"):
+        build_training_model("nested_seed", {"align": "bicubic"})
 
 
 def test_avg_pool_alignment_equals_adaptive_avg_pool():

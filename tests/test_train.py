@@ -133,3 +133,12 @@ def test_package_writes_a_card_whose_dev_figures_the_runtime_reproduces(tmp_path
     assert m["eer"] == pytest.approx(loaded.metrics["dev"]["eer"], abs=1e-9)
     assert m["eer"] == pytest.approx(loaded.metrics["test"]["eer"], abs=1e-9)
     assert not list((tmp_path / "weights").glob("*.nestspk-tmp"))
+
+
+def test_seed_prefix_variant_trains(tmp_path, training_data):
+    """The training-only seed model (BatchNorm paths, interpolation) still runs through nestspk-train."""
+    cfg = apply_overrides(load_config("smoke"), ["model=nested_seed", "model_options.nested_norm=batch",
+                                                 "model_options.align=interpolate", "optim.epochs=1"])
+    s = train(cfg, tmp_path / "run", device="cpu", progress=False)
+    assert s["status"] == "finished" and s["nan_events"] == 0
+    assert load_config("nested_seed_prefix").model == "nested_seed"

@@ -8,8 +8,9 @@ where ``weight = sigmoid(w)`` with ``w`` learnable (or a fixed number).
 Alignment: strides are fixed, so the ratio between two levels' grids is a known
 integer and ``F.adaptive_avg_pool2d`` equals ``F.avg_pool2d(kernel=ratio)``.
 The encoder crops its input to a multiple of its total time stride so this holds
-for every input length; ``align="interpolate"`` (the seed's pre-fix bilinear
-resize) is kept only to reproduce the old collapse.
+for every input length. The seed's pre-fix variants (BatchNorm on the nested paths,
+bilinear-interpolation alignment), kept to reproduce the old collapse, are
+training-only: :mod:`nestspk.train.seed_variants`.
 
 Multi-scale fusion: each level's output is averaged over frequency, pooled to
 the last level's time grid, concatenated and mixed by a 1x1 conv before pooling.
@@ -28,14 +29,6 @@ from .pooling import make_pooling
 from .resnet_se import SEBasicBlock
 
 
-def _norm2d(kind: str, channels: int) -> nn.Module:
-    if kind == "group":
-        return nn.GroupNorm(8, channels)
-    if kind == "batch":
-        return nn.BatchNorm2d(channels)
-    raise ValueError(f"unknown norm {kind!r}; choose 'group' or 'batch'")
-
-
 @dataclass
 class NestedConfig:
     n_mels: int = 80
@@ -44,8 +37,8 @@ class NestedConfig:
     # (freq, time) stride of each level's first block; the stem adds (2, 1).
     strides: tuple[tuple[int, int], ...] = ((2, 1), (2, 2), (2, 2), (1, 1))
     nested_levels: tuple[int, ...] = (2, 3, 4)  # 1-based levels that receive earlier outputs
-    nested_norm: str = "group"  # "group" (fix) or "batch" (seed pre-fix)
-    align: str = "adaptive_pool"  # "adaptive_pool" (fix) or "interpolate" (seed pre-fix)
+    nested_norm: str = "group"  # "group"; "batch" (seed pre-fix): nestspk.train.seed_variants only
+    align: str = "adaptive_pool"  # "adaptive_pool"; "interpolate" (seed pre-fix): nestspk.train.seed_variants only
     nested_weight: str = "learnable"  # "learnable" sigmoid(w) or "fixed"
     nested_weight_init: float = 0.3  # w at init; sigmoid(0.3) = 0.574
     fixed_weight: float = 0.5
@@ -60,18 +53,20 @@ class NestedConfig:
 
 
 class NestedProjection(nn.Module):
-    """Aligns earlier levels to (H, W), concatenates, 1x1 conv -> norm -> ReLU -> Dropout2d."""
+    """Aligns earlier levels to (H, W), concatenates, 1x1 conv -> GroupNorm -> ReLU -> Dropout2d."""
 
     def __init__(self, c_in: int, c_out: int, ratios: list[tuple[int, int]], cfg: NestedConfig):
         super().__init__()
         self.ratios = ratios
-        self.align = cfg.align
         self.proj = nn.Sequential(
             nn.Conv2d(c_in, c_out, 1, bias=False),
-            _norm2d(cfg.nested_norm, c_out),
+            self.make_norm(cfg, c_out),
             nn.ReLU(inplace=True),
             nn.Dropout2d(cfg.dropout),
         )
+
+    def make_norm(self, cfg: NestedConfig, channels: int) -> nn.Module:
+        return nn.GroupNorm(8, channels)
 
     def aligned(self, earlier: list[torch.Tensor], like: torch.Tensor,
                 cache: dict[tuple[int, int, int], torch.Tensor] | None = None) -> torch.Tensor:
@@ -84,9 +79,7 @@ class NestedProjection(nn.Module):
         """
         aligned = []
         for j, (feat, (rh, rw)) in enumerate(zip(earlier, self.ratios)):
-            if self.align == "interpolate":
-                feat = F.interpolate(feat, size=like.shape[2:], mode="bilinear", align_corners=False)
-            elif rh != 1 or rw != 1:
+            if rh != 1 or rw != 1:
                 feat = _pool_from_cache(feat, j, rh, rw, cache)
             aligned.append(feat)
         return torch.cat(aligned, dim=1)
@@ -121,12 +114,22 @@ def _pool_from_cache(feat: torch.Tensor, source: int, rh: int, rw: int,
 class NestedSpeakerNet(nn.Module):
     """Normalised log-mel (B, n_mels, frames) -> embedding (B, embed_dim)."""
 
-    def __init__(self, cfg: NestedConfig):
-        super().__init__()
-        if cfg.align not in ("adaptive_pool", "interpolate"):
-            raise ValueError(f"unknown align {cfg.align!r}")
+    projection = NestedProjection
+    """The nested-path module class (the training-only seed variants substitute their own)."""
+
+    def check_config(self, cfg: NestedConfig) -> None:
+        """ValueError for options this architecture does not build."""
+        if cfg.nested_norm != "group" or cfg.align != "adaptive_pool":
+            raise ValueError(
+                f"nested_norm={cfg.nested_norm!r}, align={cfg.align!r}: the shipped architecture uses 'group' and "
+                "'adaptive_pool'; the seed's pre-fix variants ('batch', 'interpolate') are training-only: "
+                "model 'nested_seed' in nestspk-train (nestspk.train.seed_variants)")
         if cfg.nested_weight not in ("learnable", "fixed"):
             raise ValueError(f"unknown nested_weight {cfg.nested_weight!r}")
+
+    def __init__(self, cfg: NestedConfig):
+        super().__init__()
+        self.check_config(cfg)
         self.cfg = cfg
         ch = cfg.channels
         self.stem = nn.Sequential(
@@ -157,7 +160,7 @@ class NestedSpeakerNet(nn.Module):
                 raise ValueError(f"nested level {k} out of range 2..{len(ch)}")
             i = k - 1
             ratios = [(cum[i][0] // cum[j][0], cum[i][1] // cum[j][1]) for j in range(i)]
-            self.nested[str(k)] = NestedProjection(sum(ch[:i]), ch[i], ratios, cfg)
+            self.nested[str(k)] = self.projection(sum(ch[:i]), ch[i], ratios, cfg)
             if cfg.nested_weight == "learnable":
                 self.nested_w[str(k)] = nn.Parameter(torch.tensor(float(cfg.nested_weight_init)))
 

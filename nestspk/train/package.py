@@ -10,7 +10,8 @@ import torch
 from ..card import CARD_FORMAT, ModelCard, sha256_file
 from ..corpus import default_data_root, describe_train_list
 from ..fileio import atomic_write
-from ..models import build_model, count_parameters
+from ..models import count_parameters
+from .seed_variants import build_training_model
 from .trainer import DevSet
 
 
@@ -33,7 +34,7 @@ def _train_command(cfg: dict) -> str:
 def evaluate_run(run: Path, trials: Path, root: Path | None = None) -> dict:
     """EER / minDCF of a run's best checkpoint on a trial list (CPU)."""
     cfg = json.loads((run / "config.json").read_text())
-    model = build_model(cfg["model"], cfg["model_options"])
+    model = build_training_model(cfg["model"], cfg["model_options"])
     model.load_state_dict(torch.load(run / "best.pt", map_location="cpu", weights_only=True)["model"])
     return DevSet(trials, root or default_data_root()).evaluate(model.eval(), torch.device("cpu"))
 
@@ -47,7 +48,7 @@ def package_run(run: Path, name: str, weights_dir: Path, test_trials: Path | Non
     cfg = json.loads((run / "config.json").read_text())
     summary = json.loads((run / "summary.json").read_text())
     state = torch.load(run / "best.pt", map_location="cpu", weights_only=True)["model"]
-    model = build_model(cfg["model"], cfg["model_options"])
+    model = build_training_model(cfg["model"], cfg["model_options"])
     model.load_state_dict(state)
     weights_dir.mkdir(parents=True, exist_ok=True)
     pt = weights_dir / f"{name}.pt"

@@ -16,13 +16,14 @@ import torch
 
 from ..errors import NestspkError
 from ..evaluation import load_trial_segments, score_trials
-from ..models import SpeakerModel, build_model, count_parameters
+from ..models import SpeakerModel, count_parameters
 from ..runtime.torch_runtime import TorchEmbedder
 from . import distributed as ddp
 from .config import TrainConfig
 from ..corpus import AUDIO_SUFFIXES, default_data_root, read_train_list
 from .data import BatchSampler, WaveformBank
 from .loss import AAMSoftmax, DistillLoss
+from .seed_variants import build_training_model
 from .telemetry import ActivationTelemetry
 
 log = logging.getLogger(__name__)
@@ -131,7 +132,7 @@ def _train(cfg: TrainConfig, out: Path, dev: torch.device, ctx: ddp.DistContext,
     sampler = BatchSampler(bank, cfg.data.crop_seconds, aug, ddp.rank_seed(cfg.seed, ctx.rank),
                            crop_max_s=cfg.data.crop_max_seconds, noise=noise)
     devset = DevSet(Path(cfg.data.dev_trials), root) if main else None
-    model = build_model(cfg.model, cfg.model_options).to(dev)
+    model = build_training_model(cfg.model, cfg.model_options).to(dev)
     head = AAMSoftmax(model.embed_dim, bank.n_classes, cfg.loss.margin, cfg.loss.scale, cfg.loss.safe).to(dev)
     targets, distill = None, None
     if cfg.distill.targets and cfg.distill.weight > 0:
