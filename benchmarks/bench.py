@@ -157,7 +157,7 @@ def load_subjects(cfg: BenchConfig) -> list[Subject]:
     out: list[Subject] = []
     for name in cfg.models:
         if name in NESTSPK_MODELS:
-            from nestspk.models import build_model
+            from nestspk.models import build_model, fused
 
             if cfg.weights == "trained":
                 from nestspk.checkpoints import load_model
@@ -166,7 +166,7 @@ def load_subjects(cfg: BenchConfig) -> list[Subject]:
                 out.append(Subject(name, name, _count(ref), "trained", None, ref))
             else:
                 torch.manual_seed(cfg.seed)
-                m = build_model(name).eval().to(cfg.device)
+                m = fused.apply(build_model(name).eval().to(cfg.device))  # the transform load_model applies
                 out.append(Subject(name, name, _count(m), "random", m, m))
         elif name in peers.PEERS:
             m = peers.build_peer(name, cfg.seed).to(cfg.device)

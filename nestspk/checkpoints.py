@@ -19,7 +19,8 @@ __all__ = ["load_model", "ModelCard", "ALIASES", "DEFAULT_MODEL", "resolve_card"
 
 
 def load_model(model: str | os.PathLike | ModelCard = DEFAULT_MODEL, device: str = "cpu"):
-    """Load a trained :class:`~nestspk.models.SpeakerModel` (eval mode, on ``device``) and its card.
+    """Load a trained :class:`~nestspk.models.SpeakerModel` (eval mode, on ``device``, with the fused-kernel inference
+    transform :func:`nestspk.models.fused.apply`) and its card.
 
     ``model``: a :class:`ModelCard` or anything :meth:`ModelCard.load` accepts. Returns ``(model, card)``.
     Raises :class:`WeightsError` for a missing/unknown model, a sha256 mismatch, a file that is not a
@@ -42,4 +43,6 @@ def load_model(model: str | os.PathLike | ModelCard = DEFAULT_MODEL, device: str
         net.load_state_dict(ckpt["model"], strict=True)
     except RuntimeError as e:
         raise WeightsError(f"{path}: weights do not fit the {card.arch} architecture of the card ({str(e)[:300]})") from e
-    return net.to(device).eval(), card
+    from .models import fused
+
+    return fused.apply(net.to(device).eval()), card

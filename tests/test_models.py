@@ -143,3 +143,17 @@ def test_residual_keeps_autocast_dtype_at_inference():
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         net(torch.randn(2, 80, 120))
     assert seen["level4_in"] == torch.float32
+
+
+def test_fusion_is_a_load_time_transform(monkeypatch):
+    """A freshly built model runs the eager path; load_model applies the transform; ENABLED=False keeps it off."""
+    from nestspk.checkpoints import load_model
+    from nestspk.models import fused
+
+    assert build_model("nested").encoder.fused_inference is False
+    loaded, _ = load_model("nested_4level", "cpu")
+    assert loaded.encoder.fused_inference is (fused.ENABLED and fused.triton is not None)
+    monkeypatch.setattr(fused, "ENABLED", False)
+    assert fused.apply(build_model("nested")).encoder.fused_inference is False
+    base, _ = load_model("resnetse34l_asp", "cpu")
+    assert not hasattr(base.encoder, "fused_inference")  # other architectures are left as they are

@@ -13,10 +13,11 @@ is two Triton kernels that read ``y`` twice and ``x`` once, in either memory lay
    with ``s = sigmoid(w)`` computed in the kernel, stored in ``x``'s dtype and layout.
 
 Same math as the eager path (fp32 statistics and arithmetic; the eager path rounds
-``prev`` to ``x``'s dtype before the add, this rounds once). Used only when Triton is
-importable, the tensors are on CUDA, autograd is off and the model is not being traced
-by ``torch.compile`` (which fuses the eager ops itself). ``NESTSPK_FUSED_NESTED=0`` in
-the environment, or ``nestspk.models.fused.ENABLED = False``, turns it off (for A/B
+``prev`` to ``x``'s dtype before the add, this rounds once). An explicit inference
+transform (:func:`apply`, done by :func:`nestspk.checkpoints.load_model`); then used only
+when Triton is importable, the tensors are on CUDA, autograd is off and the model is not
+being traced by ``torch.compile`` (which fuses the eager ops itself). ``NESTSPK_FUSED_NESTED=0``
+in the environment, or ``nestspk.models.fused.ENABLED = False``, turns it off (for A/B
 benchmarks).
 """
 from __future__ import annotations
@@ -62,6 +63,20 @@ def can_fuse(y: torch.Tensor, x: torch.Tensor, norm: nn.Module) -> bool:
         return False
     strides = _spatially_flat_strides(y)
     return strides is not None and strides == _spatially_flat_strides(x) and y.numel() > 0
+
+
+def apply(model: nn.Module) -> nn.Module:
+    """The load-time inference transform: let a nested encoder's eval-mode forward use the fused kernel.
+
+    Sets ``fused_inference`` on the model's nested encoder (``model.encoder`` or ``model`` itself); other
+    architectures are returned unchanged. Still per call, :func:`can_fuse` decides (CUDA, Triton, no autograd, not
+    compiling, :data:`ENABLED`): ``NESTSPK_FUSED_NESTED=0`` keeps the eager path. :func:`nestspk.checkpoints.load_model`
+    applies it, so every runtime that loads shipped weights gets it; a freshly built model does not. Returns ``model``.
+    """
+    encoder = getattr(model, "encoder", model)
+    if hasattr(encoder, "fused_inference"):
+        encoder.fused_inference = ENABLED and triton is not None
+    return model
 
 
 def group_norm_relu_add(y: torch.Tensor, x: torch.Tensor, norm: nn.GroupNorm,

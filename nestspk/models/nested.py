@@ -178,6 +178,7 @@ class NestedSpeakerNet(nn.Module):
         # each level's output (after its nested input is added) passes through one of these no-ops: a place for
         # forward hooks (training telemetry, nestspk.train.telemetry); no parameters, no effect on the graph
         self.level_outputs = nn.ModuleList(nn.Identity() for _ in ch)
+        self.fused_inference = False  # set by the load-time transform nestspk.models.fused.apply
 
     def nested_weight(self, level: int) -> torch.Tensor | float:
         """The weight that scales level ``level``'s nested input (sigmoid(w) or the fixed value)."""
@@ -200,7 +201,7 @@ class NestedSpeakerNet(nn.Module):
         else:
             y = proj.proj[0](inputs)
             norm = proj.proj[1]
-            if fused.can_fuse(y, x, norm):
+            if self.fused_inference and fused.can_fuse(y, x, norm):
                 w_logit = self.nested_w[str(level)] if self.cfg.nested_weight == "learnable" else None
                 return fused.group_norm_relu_add(y, x, norm, w_logit, self.cfg.fixed_weight)
             # Under autocast GroupNorm runs in fp32; without this cast the sum (and every later

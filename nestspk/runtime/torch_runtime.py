@@ -83,7 +83,8 @@ class TorchEmbedder:
     @classmethod
     def from_model(cls, model: Any, device: str = "cpu", card: ModelCard | None = None,
                    cuda_graphs: bool = False) -> "TorchEmbedder":
-        """Wrap an in-memory :class:`~nestspk.models.SpeakerModel` (put in eval mode on ``device``)."""
+        """Wrap an in-memory :class:`~nestspk.models.SpeakerModel` (put in eval mode on ``device``; as built, without
+        the fused CUDA kernel that :func:`nestspk.models.fused.apply` enables and loaded shipped weights have)."""
         return cls(card, device=device, cuda_graphs=cuda_graphs, model=model)
 
     @property
