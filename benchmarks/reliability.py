@@ -645,7 +645,7 @@ def speech_false_rejections(per_corpus: int) -> dict:
     import random
 
     from nestspk.audio import SpeechCheck
-    from nestspk.train.data import load_segment
+    from nestspk.corpus import load_segment
 
     specs = sorted({s for f in (REPO / "weights" / "lists").glob("*.txt") for line in f.read_text().splitlines()
                     for s in line.split()[1:]})
