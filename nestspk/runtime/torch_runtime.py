@@ -141,17 +141,17 @@ class TorchEmbedder:
         """(B, T) float32 waveforms at 16 kHz -> (B, D) float32 L2-normalised embeddings."""
         torch = self.torch
         x = torch.from_numpy(np.ascontiguousarray(wav, dtype=np.float32))
-        if self.cuda_graphs:
-            with self._graph_lock:
-                entry = self._graph_for(tuple(x.shape))
-            if entry is not None:
-                with self._call_lock:
+        with self._call_lock:  # on CUDA one call at a time: no capture overlaps another call; one staging buffer
+            if self.cuda_graphs:
+                with self._graph_lock:
+                    entry = self._graph_for(tuple(x.shape))
+                if entry is not None:
                     graph, static_in, static_out = entry
                     static_in.copy_(self._to_device(x))
                     graph.replay()
                     return static_out.float().cpu().numpy()
-        with self._call_lock, torch.inference_mode():
-            return self.model.embed(self._to_device(x)).float().cpu().numpy()
+            with torch.inference_mode():
+                return self.model.embed(self._to_device(x)).float().cpu().numpy()
 
     def __repr__(self) -> str:
         name = self.card.name if self.card is not None else type(self.model).__name__
