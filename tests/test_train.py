@@ -142,3 +142,40 @@ def test_seed_prefix_variant_trains(tmp_path, training_data):
     s = train(cfg, tmp_path / "run", device="cpu", progress=False)
     assert s["status"] == "finished" and s["nan_events"] == 0
     assert load_config("nested_seed_prefix").model == "nested_seed"
+
+
+def _sampler(tmp_path, **aug):
+    import numpy as np
+    import soundfile as sf
+
+    from nestspk.train.data import AugmentConfig, BatchSampler, WaveformBank
+
+    rng = np.random.default_rng(0)
+    rows = []
+    for k in range(2):  # band-limited noise: no exact zero sample anywhere
+        x = (0.3 * np.sin(np.arange(16000 * 3) * 0.05 * (k + 1)) + 0.05 * rng.standard_normal(16000 * 3) + 0.5)
+        sf.write(tmp_path / f"r{k}.wav", (x / 2).astype(np.float32), 16000, subtype="PCM_16")
+        rows.append((f"s{k}", f"r{k}.wav"))
+    bank = WaveformBank(rows, tmp_path, torch.device("cpu"))
+    cfg = AugmentConfig(speeds=(1.0,), noise_prob=0.0, babble_prob=0.0, reverb_prob=0.0, **aug)
+    return BatchSampler(bank, 2.0, cfg, seed=0)
+
+
+def test_gap_augmentation_silence_leaves_speech_in_one_piece(tmp_path):
+    wav, labels, _ = _sampler(tmp_path, gap_prob=1.0, gap_silence_prob=1.0, gap_fraction=(0.2, 0.5)).sample(64)
+    assert wav.shape == (64, 32000) and torch.isfinite(wav).all()
+    for row in wav:
+        nz = row.nonzero().flatten()
+        run = int(nz[-1] - nz[0] + 1)
+        assert run == len(nz), "the speech is one contiguous piece, zeros only around it"
+        assert 0.2 * 32000 - 2 <= 32000 - run <= 0.5 * 32000 + 2
+    starts = torch.stack([row.nonzero().flatten()[0] for row in wav])
+    assert (starts > 0).any() and len(set(starts.tolist())) > 10  # offsets vary (some leading, some trailing)
+
+
+def test_gap_augmentation_noise_fill_and_off_by_default(tmp_path):
+    noisy, _, _ = _sampler(tmp_path, gap_prob=1.0, gap_silence_prob=0.0).sample(16)
+    assert (noisy != 0).float().mean() > 0.99  # gaps filled with noise, not zeros
+    off_a, _, _ = _sampler(tmp_path).sample(8)
+    off_b, _, _ = _sampler(tmp_path, gap_prob=0.0, gap_silence_prob=1.0).sample(8)
+    assert torch.equal(off_a, off_b) and (off_a != 0).float().mean() > 0.99

@@ -100,6 +100,11 @@ class AugmentConfig:
     real_noise_dir: str | None = None
     real_noise_prob: float = 0.0
     real_noise_snr_db: tuple[float, float] = (0.0, 15.0)
+    # non-speech around the speech: a crop's speech squeezed into part of it, the rest digital silence or noise
+    gap_prob: float = 0.0
+    gap_fraction: tuple[float, float] = (0.1, 0.6)  # share of the crop that is not speech
+    gap_silence_prob: float = 0.5  # of the gapped crops, exact zeros; the others get noise (gap_snr_db)
+    gap_snr_db: tuple[float, float] = (5.0, 30.0)  # speech power / gap-noise power
 
 
 def _uniform(n: int, lo: float, hi: float, g: torch.Generator, device) -> torch.Tensor:
@@ -113,7 +118,7 @@ def _mix(wav: torch.Tensor, sel: torch.Tensor, noise: torch.Tensor, power: torch
 
 
 class BatchSampler:
-    """Random labelled crops with speed perturbation, reverb, coloured, real and babble noise.
+    """Random labelled crops with speed perturbation, reverb, coloured, real and babble noise, and gaps.
 
     Crop lengths: ``crop_s``, or per batch a length drawn from ``crop_s, crop_s + 0.5, ... crop_max_s``.
     Every random draw comes from one ``torch.Generator`` seeded from the config,
@@ -201,6 +206,34 @@ class BatchSampler:
             babble = b.crops(others, crop, g).view(n, 3, crop).sum(1)
             _mix(wav, bab, babble, power, _uniform(n, *aug.babble_snr_db, g, dev)[:, None])
 
+        if aug.gap_prob > 0:  # (no draw when off: older configs keep their random stream)
+            gap = torch.rand(batch_size, generator=g, device=dev) < aug.gap_prob
+            if gap.any():
+                wav[gap] = self._gap(wav[gap], power[gap])
+
         peak = wav.abs().amax(dim=1, keepdim=True).clamp(min=1e-4)
         wav = wav / peak * 0.9
         return wav, b.labels[idx], idx
+
+    def _gap(self, wav: torch.Tensor, power: torch.Tensor) -> torch.Tensor:
+        """(n, crop) -> each row's first ``crop * (1 - f)`` samples at a random offset, f ~ ``gap_fraction``;
+        around them exact zeros (``gap_silence_prob``) or coloured/real noise at ``gap_snr_db`` below the speech."""
+        g, aug, dev = self.g, self.aug, wav.device
+        n, crop = wav.shape
+        speech = ((1 - _uniform(n, *aug.gap_fraction, g, dev)) * crop).long().clamp(min=1, max=crop)
+        offset = (torch.rand(n, generator=g, device=dev) * (crop - speech + 1)).long().clamp(max=crop - 1)
+        t = torch.arange(crop, device=dev)[None]
+        src = t - offset[:, None]
+        inside = (src >= 0) & (src < speech[:, None])
+        moved = torch.gather(wav, 1, src.clamp(0, crop - 1))
+        if self.noise is not None and len(self.noise.labels):
+            pick = torch.randint(0, len(self.noise.labels), (n,), generator=g, device=dev)
+            fill = self.noise.crops(pick, crop, g)
+        else:
+            fill = torch.fft.irfft(torch.fft.rfft(torch.randn(n, crop, generator=g, device=dev))
+                                   / torch.arange(crop // 2 + 1, device=dev).clamp(min=1)[None].pow(0.5), crop)
+        snr = _uniform(n, *aug.gap_snr_db, g, dev)[:, None]
+        fill = fill * torch.sqrt(power / (fill.pow(2).mean(1, keepdim=True).clamp(min=1e-8) * 10 ** (snr / 10)))
+        silent = torch.rand(n, generator=g, device=dev) < aug.gap_silence_prob
+        fill = torch.where(silent[:, None], torch.zeros_like(fill), fill)
+        return torch.where(inside, moved, fill)
