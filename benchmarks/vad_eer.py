@@ -144,6 +144,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--bootstrap", type=int, default=200, help="resamples for the EER interval (0: none)")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--vad-off-only", action="store_true",
+                   help="embed without the VAD only (a model comparison; the VAD columns are left out)")
     p.add_argument("--out", required=True, help="result folder (created)")
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
@@ -187,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
         emb_plain = plain.embed_batch(versions, batch_size=a.batch_size)
         emb_vad = np.empty_like(emb_plain)
         kept, fallbacks = [], 0
-        for i, w in enumerate(versions):
+        for i, w in enumerate([] if a.vad_off_only else versions):
             try:
                 emb_vad[i] = with_vad.embed(w)
             except AudioError as e:
@@ -196,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
                 emb_vad[i] = emb_plain[i]
                 continue
             kept.append(sum(b - s0 for s0, b in vad_model.regions(w)) / len(w))
-        for vad, emb in (("off", emb_plain), ("on", emb_vad)):
+        for vad, emb in (("off", emb_plain),) + (() if a.vad_off_only else (("on", emb_vad),)):
             scores = np.sum(emb[ia] * emb[ib], axis=1)
             eer, thr = compute_eer(scores, labels)
             row = {"condition": cond, "vad": vad, "eer": eer, "eer_threshold": thr,

@@ -179,3 +179,18 @@ def test_gap_augmentation_noise_fill_and_off_by_default(tmp_path):
     off_a, _, _ = _sampler(tmp_path).sample(8)
     off_b, _, _ = _sampler(tmp_path, gap_prob=0.0, gap_silence_prob=1.0).sample(8)
     assert torch.equal(off_a, off_b) and (off_a != 0).float().mean() > 0.99
+
+
+def test_card_command_names_every_override():
+    from nestspk.train.package import _train_command
+
+    cfg = load_config("nested_4level")
+    apply_overrides(cfg, ["data.augment.gap_prob=0.3", "distill.weight=300", "distill.targets=/tmp/x/teacher.npy",
+                          "data.pack=/tmp/pack", "optim.epochs=2"])
+    cmd = _train_command(cfg.to_dict())
+    assert cmd.startswith("nestspk-train --config nested_4level --device cuda")
+    for part in ("--set data.augment.gap_prob=0.3", "--set distill.weight=300", "--set distill.targets=teacher.npy",
+                 "--set optim.epochs=2"):
+        assert part in cmd
+    assert "/tmp" not in cmd.split(" (")[0] and "data.pack" not in cmd
+    assert _train_command(load_config("nested_4level").to_dict()) == "nestspk-train --config nested_4level --device cuda"

@@ -22,12 +22,38 @@ def _git_commit() -> str:
         return "unknown"
 
 
+def _leaves(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and k != "model_options":
+            out.update(_leaves(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = list(v) if isinstance(v, tuple) else v
+    return out
+
+
 def _train_command(cfg: dict) -> str:
-    cmd = f"nestspk-train --config {cfg['name'].split('_seed')[0]} --device cuda" + (f" --seed {cfg['seed']}" if cfg["seed"] else "")
-    d = cfg.get("distill") or {}
-    if d.get("targets") and d.get("weight"):
-        cmd += (f" --set distill.targets=teacher.npy --set distill.weight={d['weight']:g}"
-                " (teacher.npy: python benchmarks/resemblyzer_embed.py list weights/lists/train.txt --out teacher.npy)")
+    """The ``nestspk-train`` command that reproduces ``cfg``: its shipped config plus a ``--set`` for every value
+    that differs from it (machine-local paths left out: the pack folder, and the teacher targets as ``teacher.npy``)."""
+    from .config import load_config
+
+    name = cfg["name"].split("_seed")[0]
+    cmd = f"nestspk-train --config {name} --device cuda"
+    try:
+        base = _leaves(load_config(name).to_dict())
+    except FileNotFoundError:
+        base = {}
+    run = _leaves(cfg)
+    sets = []
+    for key, value in run.items():
+        if key in ("data.pack", "name") or base.get(key) == value:
+            continue
+        if key == "distill.targets":
+            value = "teacher.npy" if value else value
+        sets.append(f" --set {key}={json.dumps(value) if isinstance(value, (list, dict)) else value}")
+    cmd += "".join(sorted(sets))
+    if (cfg.get("distill") or {}).get("targets"):
+        cmd += " (teacher.npy: python benchmarks/resemblyzer_embed.py list weights/lists/train.txt --out teacher.npy)"
     return cmd
 
 
