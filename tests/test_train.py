@@ -19,6 +19,8 @@ def test_shipped_configs_load():
     assert cfg.loss.safe and cfg.amp == "bf16"
     assert (cfg.data.crop_seconds, cfg.data.crop_max_seconds, cfg.data.augment.real_noise_dir) == (2.0, 4.0, "noise")
     base = load_config("resnetse34l_asp")
+    assert cfg.data.augment.gap_prob == 0.3 and base.data.augment.gap_prob == 0.0  # the baseline predates the gaps
+    base.data.augment.gap_prob = cfg.data.augment.gap_prob
     assert (base.optim, base.data, base.loss, base.amp) == (cfg.optim, cfg.data, cfg.loss, cfg.amp)  # same recipe
     pre = load_config("nested_seed_prefix")
     assert pre.model_options["nested_norm"] == "batch" and not pre.loss.safe and pre.amp == "fp16"
@@ -185,11 +187,11 @@ def test_card_command_names_every_override():
     from nestspk.train.package import _train_command
 
     cfg = load_config("nested_4level")
-    apply_overrides(cfg, ["data.augment.gap_prob=0.3", "distill.weight=300", "distill.targets=/tmp/x/teacher.npy",
+    apply_overrides(cfg, ["data.augment.gap_prob=0.5", "distill.weight=300", "distill.targets=/tmp/x/teacher.npy",
                           "data.pack=/tmp/pack", "optim.epochs=2"])
     cmd = _train_command(cfg.to_dict())
     assert cmd.startswith("nestspk-train --config nested_4level --device cuda")
-    for part in ("--set data.augment.gap_prob=0.3", "--set distill.weight=300", "--set distill.targets=teacher.npy",
+    for part in ("--set data.augment.gap_prob=0.5", "--set distill.weight=300", "--set distill.targets=teacher.npy",
                  "--set optim.epochs=2"):
         assert part in cmd
     assert "/tmp" not in cmd.split(" (")[0] and "data.pack" not in cmd
