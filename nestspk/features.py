@@ -111,7 +111,8 @@ def cropped_dft_basis(cfg: FrontendConfig, bins: tuple[int, int] | None = None) 
     return basis.contiguous(), left
 
 
-RMS_FLOOR = 1e-10  # added to the mean square before the unit-RMS scaling (digital silence -> zeros)
+RMS_FLOOR = 1e-10
+"""Floor of the mean square in the unit-RMS scaling (digital silence -> zeros, not 0 * inf = NaN)."""
 FACTOR_BLOCK = 16  # samples per block of the factored DFT (divides hop_length and n_fft)
 
 
@@ -162,7 +163,10 @@ def normalize_level(x: torch.Tensor) -> torch.Tensor:
     DC offset (``tests/test_level.py``).
     """
     x = x - x.mean(dim=1, keepdim=True)
-    return x * torch.rsqrt(x.pow(2).mean(dim=1, keepdim=True) + RMS_FLOOR)
+    # a floor (clamp), not ``+ RMS_FLOOR``: the ONNX exporter's optimiser drops an Add of a constant this close to
+    # zero, which left the exported graph returning NaN for an all-zero row (tests/test_export.py). For real audio
+    # the two agree to float32 rounding (the mean square is >= 1e-9 above -90 dBFS).
+    return x * torch.rsqrt(torch.clamp(x.pow(2).mean(dim=1, keepdim=True), min=RMS_FLOOR))
 
 
 class LogMelFrontend(nn.Module):

@@ -6,13 +6,19 @@ derives ``<name>.int8.onnx`` from it:
 1. ``ReduceMean`` over (H, W) with ``keepdims=1`` (the squeeze-excitation average)
    is rewritten as the equivalent ``GlobalAveragePool``, which has an int8 kernel.
 2. onnxruntime's static quantiser inserts QuantizeLinear/DequantizeLinear pairs
-   around the encoder's convolutions, residual adds, SE products, average pools and
-   concats (int8 weights per output channel, uint8 activations with min/max
-   ranges calibrated on real speech crops). onnxruntime then runs them as
-   QLinearConv/QLinearAdd/... kernels (VNNI on recent x86 CPUs).
-3. Everything that sets the scale of the result stays fp32: the front end (DFT
-   conv, log, instance norm), the SE gate convolutions, GroupNorms, the fusion
-   conv, attentive statistics pooling, the fc layer and the L2 normalisation.
+   around the convolutions, residual adds, SE products and SE averages of the
+   encoder's stages 3 and 4 (int8 weights per output channel, uint8 activations with
+   min/max ranges calibrated on real speech crops). onnxruntime then runs them as
+   QLinearConv/QLinearAdd/... kernels (VNNI/AMX on recent x86 CPUs).
+3. The stem and the first two stages stay fp32: their 1- to 32-channel maps at high time
+   resolution run in int8 as channels-last QLinearConv with transposes and
+   quantise/dequantise passes that cost about what the int8 arithmetic saves, and add most
+   of the error (``benchmarks/results/2026-12-04_int8_scopes/``: 0.95x the time of quantising
+   every stage on an 8 s clip; worst cosine to fp32 on 24 held-out clips 0.9997 instead
+   of 0.987). Everything that sets the scale of the
+   result stays fp32 too: the front end (DFT conv, log, instance norm), the SE gate
+   convolutions, the nested paths (pooling, concat, GroupNorm), the fusion conv,
+   attentive statistics pooling, the fc layer and the L2 normalisation.
 
 The int8 file is an approximation: its cosine to the fp32 embeddings and its EER on
 the trial lists are measured and stored in the model card (``onnx_int8_*`` keys) by
@@ -35,10 +41,12 @@ log = logging.getLogger(__name__)
 
 __all__ = ["QUANTIZED_OPS", "ENCODER_SCOPES", "rewrite_se_means", "quantize_onnx", "calibration_crops"]
 
-QUANTIZED_OPS = ("Conv", "Mul", "Add", "AveragePool", "GlobalAveragePool", "Concat")
+QUANTIZED_OPS = ("Conv", "Mul", "Add", "GlobalAveragePool")
 """ONNX op types that may be quantised (only inside :data:`ENCODER_SCOPES`)."""
-ENCODER_SCOPES = ("encoder.levels", "encoder.stem", "encoder.layers", "encoder.conv1")
-"""torch module scopes (from the exporter's ``pkg.torch.onnx.name_scopes``) whose nodes are quantised."""
+ENCODER_SCOPES = ("encoder.levels.2", "encoder.levels.3", "encoder.layers.2", "encoder.layers.3")
+"""torch module scopes (from the exporter's ``pkg.torch.onnx.name_scopes``) whose nodes are quantised: stages 3 and 4
+of the nested encoder (``levels``) and of ResNetSE34L (``layers``), where the 64- and 128-channel convolutions hold
+most of the arithmetic; not the stem nor stages 1-2."""
 _SCOPE_KEY = "pkg.torch.onnx.name_scopes"
 
 
@@ -114,11 +122,14 @@ class _Crops:
 
 
 def quantize_onnx(fp32_path: str | os.PathLike, out_path: str | os.PathLike,
-                  calibration: Iterable[np.ndarray]) -> Path:
+                  calibration: Iterable[np.ndarray], ops: Sequence[str] = QUANTIZED_OPS,
+                  scopes: Sequence[str] = ENCODER_SCOPES) -> Path:
     """Write the int8 (QDQ, per-channel) variant of ``fp32_path`` to ``out_path``; returns ``out_path``.
 
     ``calibration``: real 16 kHz waveforms (T,) float32 used to fix the activation ranges
-    (a few dozen 8 s crops of training speech; see :func:`calibration_crops`).
+    (a few dozen 8 s crops of training speech; see :func:`calibration_crops`). ``ops`` and ``scopes``: which
+    nodes are quantised (defaults :data:`QUANTIZED_OPS`, :data:`ENCODER_SCOPES`; other values are for
+    ``benchmarks/int8_scopes_probe.py``). The SE gate convolutions are never quantised.
     """
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
@@ -131,7 +142,7 @@ def quantize_onnx(fp32_path: str | os.PathLike, out_path: str | os.PathLike,
     model = onnx.load(str(fp32_path))
     rewritten = rewrite_se_means(model)
     nodes = [n.name for n in model.graph.node
-             if n.op_type in QUANTIZED_OPS and any(s in _scope(n) for s in ENCODER_SCOPES)
+             if n.op_type in ops and any(s in _scope(n) for s in scopes)
              and not (n.op_type == "Conv" and ".se." in _scope(n))]
     if not nodes:
         raise NestspkError(f"{fp32_path}: found no encoder nodes to quantise (is it a nestspk export?)")
@@ -144,7 +155,7 @@ def quantize_onnx(fp32_path: str | os.PathLike, out_path: str | os.PathLike,
             str(src), str(out_path), _Crops(crops, INPUT_NAME),
             quant_format=QuantFormat.QDQ, per_channel=True,
             activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-            op_types_to_quantize=list(QUANTIZED_OPS), nodes_to_quantize=nodes,
+            op_types_to_quantize=list(ops), nodes_to_quantize=nodes,
             calibrate_method=CalibrationMethod.MinMax,
             extra_options={"ActivationSymmetric": False, "WeightSymmetric": True},
         )

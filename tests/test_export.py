@@ -5,6 +5,7 @@ import hashlib
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -64,6 +65,23 @@ def test_export_strips_irreproducible_node_metadata(exported: Path) -> None:
     assert "pkg.torch.onnx.name_scopes" in keys  # the int8 quantiser selects encoder nodes by these
     meta = {p.key: p.value for p in proto.metadata_props}
     assert meta["nestspk.model"] == "tiny"
+
+
+def test_exported_graph_keeps_the_level_floor_for_digital_silence(exported: Path) -> None:
+    """An all-zero row: the graph must keep the mean-square floor of the level normalisation (an ``+ 1e-10`` was
+    dropped by the exporter's optimiser, and 0 * inf gave NaN). Its embedding is ill-conditioned (features that
+    are rounding noise), so only finiteness is checked; the speech row beside it must match torch."""
+    from nestspk.checkpoints import load_model
+    from nestspk.runtime.onnx_runtime import OnnxEmbedder
+
+    x = np.zeros((2, 16000), dtype=np.float32)
+    x[1] = np.sin(np.arange(16000) * 0.05) * 0.1
+    got = OnnxEmbedder(exported).embed_batch(x)
+    assert np.isfinite(got).all()
+    model, _ = load_model(exported)
+    with torch.no_grad():
+        ref = torch.nn.functional.normalize(model(torch.from_numpy(x[1:])), dim=1).numpy()
+    np.testing.assert_allclose(got[1:], ref, atol=1e-4)
 
 
 def test_reexport_elsewhere_is_byte_identical_and_leaves_the_card(exported: Path, tmp_path: Path) -> None:

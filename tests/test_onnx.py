@@ -233,6 +233,31 @@ def test_embed_batch_rejects_bad_shapes() -> None:
     assert emb.embed_batch(np.zeros((0, 16000), dtype=np.float32)).shape == (0, emb.embed_dim)
 
 
+@pytest.mark.parametrize("precision", ["fp32", "int8"])
+@pytest.mark.parametrize("name", SHIPPED)
+def test_shipped_files_embed_digital_silence_finitely(name: str, precision: str) -> None:
+    """The Verifier's speech check rejects silence first, but a direct embed_batch user gets a finite vector."""
+    got = OnnxEmbedder(name, precision=precision).embed_batch(np.zeros((1, 32000), dtype=np.float32))
+    assert np.isfinite(got).all()
+    np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-5)
+
+
+def test_non_finite_output_is_an_error_naming_the_item(monkeypatch: pytest.MonkeyPatch) -> None:
+    from nestspk.errors import AudioError
+
+    emb = OnnxEmbedder("nested_4level")
+    real = emb.session.run
+
+    def nan_in_second_row(names, feed):
+        out = real(names, feed)
+        out[0][1, 3] = np.nan
+        return out
+
+    monkeypatch.setattr(emb.session, "run", nan_in_second_row)
+    with pytest.raises(AudioError, match=r"item 1: nested_4level\.onnx returned a non-finite embedding"):
+        emb.embed_batch(np.random.default_rng(0).standard_normal((3, 16000)).astype(np.float32))
+
+
 def test_onnx_embedder_runs_without_torch() -> None:
     clip = _clip_files(1)[0]
     _shipped_card("nested_4level")

@@ -20,7 +20,7 @@ from nestspk.audio import load_audio
 from nestspk.card import ModelCard, resolve_card, sha256_file
 from nestspk.errors import NestspkError, WeightsError
 from nestspk.runtime.onnx_runtime import OnnxEmbedder
-from nestspk.quantize import calibration_crops, quantize_onnx, rewrite_se_means
+from nestspk.quantize import _scope, calibration_crops, quantize_onnx, rewrite_se_means
 from nestspk.verifier import Verifier
 
 SHIPPED = ["nested_4level", "resnetse34l_asp"]
@@ -85,7 +85,7 @@ def test_shipped_int8_close_to_fp32_on_speech(name: str, example_files: dict[str
     got = int8_emb.embed_batch(batch)
     assert got.shape == fp32.shape and np.isfinite(got).all()
     np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-5)
-    assert _cos(got, fp32).min() >= 0.98
+    assert _cos(got, fp32).min() >= 0.998  # measured >= 0.9995 for both models (every stage quantised: 0.99)
 
 
 def test_verifier_int8_decides_like_fp32(example_files: dict[str, Path]) -> None:
@@ -96,8 +96,8 @@ def test_verifier_int8_decides_like_fp32(example_files: dict[str, Path]) -> None
     for a in files:
         for b in files:
             r8, r32 = v8.verify(a, b), v32.verify(a, b)
-            # the gap-trained weights' int8 file: parity cosine >= 0.994 on real clips (card), 0.052 at most here
-            assert abs(r8.score - r32.score) < 0.06
+            # int8 in stages 3-4 only (2026-12-04): 0.0033 at most here (every stage quantised: 0.052)
+            assert abs(r8.score - r32.score) < 0.01
             assert r8.same_speaker == r32.same_speaker, (a, b, r8.score, r32.score, v32.threshold)
 
 
@@ -143,8 +143,16 @@ def test_quantize_pipeline_on_shipped_export(tmp_path: Path, example_files: dict
     assert len(crops) == 3 and all(0 < len(c) <= 128000 for c in crops)
     assert all(np.array_equal(a, b) for a, b in zip(crops, calibration_crops(manifest, root, count=3)))
     out = quantize_onnx(card.resolve(card.export("fp32").file), tmp_path / "q.onnx", crops)
-    types = {n.op_type for n in onnx.load(str(out)).graph.node}
+    proto = onnx.load(str(out))
+    types = {n.op_type for n in proto.graph.node}
     assert {"QuantizeLinear", "DequantizeLinear"} <= types
+    # which convolutions read int8 weights (a DequantizeLinear feeds their weight input): stages 3-4 only
+    dequantized = {o for n in proto.graph.node if n.op_type == "DequantizeLinear" for o in n.output}
+    int8_convs = {_scope(n) for n in proto.graph.node if n.op_type == "Conv" and n.input[1] in dequantized}
+    fp32_convs = {_scope(n) for n in proto.graph.node if n.op_type == "Conv" and n.input[1] not in dequantized}
+    assert int8_convs and all(".levels.2" in s or ".levels.3" in s for s in int8_convs), int8_convs
+    assert any("encoder.stem" in s for s in fp32_convs) and any(".levels.0" in s for s in fp32_convs)
+    assert not any(".se." in s for s in int8_convs)
     sess = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
     x = np.stack([c[:64000] for c in crops])
     got = sess.run(None, {"waveform": x})[0]

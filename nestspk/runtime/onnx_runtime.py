@@ -131,7 +131,12 @@ class OnnxEmbedder:
         x = np.ascontiguousarray(x, dtype=np.float32)
         if not np.isfinite(x).all():
             raise AudioError(f"<array shape={x.shape} dtype={x.dtype}>: contains NaN or Inf")
-        return self.session.run([OUTPUT_NAME], {INPUT_NAME: x})[0].astype(np.float32, copy=False)
+        out = self.session.run([OUTPUT_NAME], {INPUT_NAME: x})[0].astype(np.float32, copy=False)
+        bad = ~np.isfinite(out).all(axis=1)
+        if bad.any():
+            raise AudioError(f"<array shape={x.shape} dtype={x.dtype}>: item {int(np.argmax(bad))}: {self.path.name} "
+                             "returned a non-finite embedding")
+        return out
 
     def __repr__(self) -> str:
         return f"OnnxEmbedder({self.card.name!r}, precision={self.precision!r}, providers={self.providers})"
