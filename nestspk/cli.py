@@ -21,6 +21,7 @@ import logging
 import math
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -30,6 +31,8 @@ from .errors import InputError, NestspkError
 
 EMBEDDINGS_FORMAT = "nestspk-embeddings/1"
 OPERATING_POINTS = ("eer", "far_0.01", "far_0.001")
+SAVE_EVERY_S = 30
+"""``nestspk embed --save-every`` default: seconds between the saves of a running embed."""
 log = logging.getLogger(__name__)
 
 
@@ -284,6 +287,16 @@ def cmd_embed(a: argparse.Namespace) -> int:
             raise NestspkError(f"{_label(out)}: cannot write the embeddings ({e.strerror or e})") from e
 
     chunk = max(1, a.batch_size)
+    last_save = time.monotonic()
+
+    def checkpoint() -> None:
+        """Save if --save-every seconds have passed since the last save: each save rewrites the whole .npy, so
+        saving after every batch would make a long run's writes grow with the square of its length."""
+        nonlocal last_save
+        if time.monotonic() - last_save >= a.save_every:
+            save()
+            last_save = time.monotonic()
+
     try:
         if a.workers > 0:  # pipelined: decoding in worker processes overlapped with model batches (nestspk.pipeline)
             from .pipeline import embed_files
@@ -297,7 +310,7 @@ def cmd_embed(a: argparse.Namespace) -> int:
                         failed[f] = err
                     bar.update(1)
                     if (k + 1) % chunk == 0:
-                        save()
+                        checkpoint()
             todo = []
         with tqdm(total=len(todo), unit="file", disable=a.quiet or not todo) as bar:
             for k in range(0, len(todo), chunk):
@@ -317,7 +330,7 @@ def cmd_embed(a: argparse.Namespace) -> int:
                         done[f] = len(embs)
                         embs.append(e)
                 bar.update(len(part))
-                save()
+                checkpoint()
     except KeyboardInterrupt:
         save()
         print(f"nestspk: interrupted: {len(done)} of {len(files)} embeddings saved in {_label(out)}; run the same"
@@ -413,7 +426,11 @@ def build_parser() -> argparse.ArgumentParser:
     pe.add_argument("-o", "--output", required=True,
                     help="output .npy (the file list goes to OUTPUT.json); an existing file is replaced only if "
                          "nestspk embed wrote it")
-    pe.add_argument("--batch-size", type=_positive, default=32, help="files per forward pass and per save (default 32)")
+    pe.add_argument("--batch-size", type=_positive, default=32, help="files per forward pass (default 32)")
+    pe.add_argument("--save-every", type=_nonnegative, default=SAVE_EVERY_S, metavar="SECONDS",
+                    help="save the output at most this often while embedding, for --resume after a crash (default "
+                         "%(default)s; 0: after every batch). Each save rewrites the whole .npy; the end of the run "
+                         "and Ctrl-C always save")
     pe.add_argument("--resume", action="store_true",
                     help="continue an interrupted run into the same output (same --model required)")
     pe.add_argument("--force", action="store_true",

@@ -180,6 +180,27 @@ def test_ctrl_c_saves_and_says_how_to_resume(wavs, tmp_path: Path, capsys, monke
     assert rc == 0 and np.load(out).shape == (3, 512)
 
 
+@pytest.mark.parametrize("save_every, npy_writes", [("0", 4), ("3600", 1)])
+def test_save_every_bounds_the_rewrites_of_the_output(wavs, tmp_path: Path, capsys, monkeypatch,
+                                                      save_every: str, npy_writes: int) -> None:
+    """--save-every 0 saves after each of the 3 batches and at the end; a long interval saves only at the end."""
+    from nestspk import fileio
+
+    written: list[str] = []
+    real = fileio.atomic_write
+
+    def counting(path):
+        written.append(Path(path).name)
+        return real(path)
+
+    monkeypatch.setattr(fileio, "atomic_write", counting)
+    out = tmp_path / "e.npy"
+    rc, _, _ = _run(["embed", *wavs, "-o", str(out), "--device", "cpu", "--quiet", "--batch-size", "1",
+                     "--save-every", save_every], capsys)
+    assert rc == 0 and np.load(out).shape == (3, 512)
+    assert written.count("e.npy") == npy_writes and written.count("e.npy.json") == npy_writes
+
+
 def test_own_output_may_be_replaced_foreign_needs_force(wavs, tmp_path: Path, capsys) -> None:
     out = tmp_path / "e.npy"
     argv = ["embed", wavs[0], "-o", str(out), "--device", "cpu", "--quiet"]
