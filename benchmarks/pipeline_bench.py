@@ -6,7 +6,8 @@ On a copy of N files of a ../shared/data set (default: 300 of librispeech-test-c
    minus the decode), transfer (host->device copy of the windows and the embedding back; 0 on CPU) and model
    (the Verifier's model call on the file's windows);
 2. `nestspk embed FILES -o out.npy --workers W` in a fresh process for each W, in the order W..., then
-   back (wall-clock, start-up included; start-up measured on one file);
+   back (wall-clock, start-up included; start-up measured on one file); with ``--bucket-s B`` each of those
+   runs is followed by the same command with ``--bucket-s B`` (length buckets: files share model batches);
 3. Resemblyzer (when installed) on the same files on the same CPU: preprocess_wav(path) + embed_utterance.
 Writes result.json and result.md into --out.
 
@@ -78,16 +79,20 @@ def stages(files: list[str], model: str, device: str, backend: str) -> dict:
             "model_only_hours_per_s": audio_s / 3600 / t["model_s"]}
 
 
-def cli_run(files: list[str], workers: int, out: Path, env: dict, batch_size: int, device: str, backend: str) -> dict:
+def cli_run(files: list[str], workers: int, out: Path, env: dict, batch_size: int, device: str, backend: str,
+            bucket_s: float | None = None) -> dict:
     cmd = [sys.executable, "-m", "nestspk", "embed", *files, "-o", str(out), "--quiet", "--device", device,
            "--backend", backend, "--batch-size", str(batch_size), "--workers", str(workers)]
+    if bucket_s is not None:
+        cmd += ["--bucket-s", str(bucket_s)]
     t0 = time.perf_counter()
     p = subprocess.run(cmd, capture_output=True, text=True, env=env)
     wall = time.perf_counter() - t0
     if p.returncode != 0:
         raise RuntimeError(f"nestspk embed --workers {workers} failed ({p.returncode}): {p.stderr[-500:]}")
     meta = json.loads(out.with_name(out.name + ".json").read_text())
-    return {"workers": workers, "wall_s": wall, "embedded": len(meta["files"]), "failed": len(meta["failed"]),
+    return {"workers": workers, "bucket_s": bucket_s, "wall_s": wall, "embedded": len(meta["files"]),
+            "failed": len(meta["failed"]),
             "command": "nestspk embed <files> -o out.npy --quiet " + " ".join(cmd[cmd.index("--device"):])}
 
 
@@ -117,6 +122,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--device", default="cpu")
     p.add_argument("--backend", default="torch", choices=("torch", "onnx"))
+    p.add_argument("--bucket-s", type=float, default=None,
+                   help="also time each worker count with nestspk embed --bucket-s (length buckets)")
     p.add_argument("--out", required=True)
     a = p.parse_args(argv)
     out = Path(a.out)
@@ -147,17 +154,23 @@ def main(argv: list[str] | None = None) -> int:
         res["startup_s"] = startup["wall_s"]  # interpreter, imports, model load, one file
         res["cli"] = []
         for k, w in enumerate(order):
-            r = cli_run(files, w, work / f"e{w}_{k}.npy", env, a.batch_size, a.device, a.backend)
-            r["hours_per_s"] = hours / r["wall_s"]
-            r["hours_per_s_after_startup"] = hours / max(r["wall_s"] - res["startup_s"], 1e-9)
-            res["cli"].append(r)
-            save()
+            for b in [None] + ([a.bucket_s] if a.bucket_s else []):
+                name = f"e{w}_{k}.npy" if b is None else f"b{w}_{k}.npy"
+                r = cli_run(files, w, work / name, env, a.batch_size, a.device, a.backend, b)
+                r["hours_per_s"] = hours / r["wall_s"]
+                r["hours_per_s_after_startup"] = hours / max(r["wall_s"] - res["startup_s"], 1e-9)
+                res["cli"].append(r)
+                save()
         e = {w: np.load(work / f"e{w}_{order.index(w)}.npy") for w in ws}
         meta = {w: json.loads((work / f"e{w}_{order.index(w)}.npy.json").read_text())["files"] for w in ws}
         ref = dict(zip(meta[ws[0]], e[ws[0]]))
         res["max_abs_diff_vs_workers_%d" % ws[0]] = {
             w: float(max(np.abs(ref[f] - row).max() for f, row in zip(meta[w], e[w]))) for w in ws[1:]}
-        res["cli_median"] = {w: float(np.median([r["wall_s"] for r in res["cli"] if r["workers"] == w])) for w in ws}
+        res["cli_median"] = {w: float(np.median([r["wall_s"] for r in res["cli"] if r["workers"] == w
+                                                 and r["bucket_s"] is None])) for w in ws}
+        if a.bucket_s:
+            res["cli_median_bucketed"] = {w: float(np.median([r["wall_s"] for r in res["cli"] if r["workers"] == w
+                                                              and r["bucket_s"] is not None])) for w in ws}
         rz = resemblyzer_run(files)
         if rz:
             rz["hours_per_s"] = hours / rz["wall_s"]
@@ -184,12 +197,13 @@ def render(r: dict) -> str:
     lines += ["", f"Model only: {s['model_only_hours_per_s']:.4f} h of audio per second.", "",
               "## Wall-clock (`nestspk embed` in a fresh process per run, in the order listed)", "",
               f"Start-up (interpreter, imports, model load, one file): {r['startup_s']:.1f} s.", "",
-              "| workers | wall s | h audio / s | h audio / s after start-up |", "|---:|---:|---:|---:|"]
+              "| workers | --bucket-s | wall s | h audio / s | h audio / s after start-up |", "|---:|---:|---:|---:|---:|"]
     for x in r["cli"]:
-        lines.append(f"| {x['workers']} | {x['wall_s']:.1f} | {x['hours_per_s']:.4f} | {x['hours_per_s_after_startup']:.4f} |")
+        lines.append(f"| {x['workers']} | {x.get('bucket_s') or ''} | {x['wall_s']:.1f} | {x['hours_per_s']:.4f} | "
+                     f"{x['hours_per_s_after_startup']:.4f} |")
     rz = r.get("resemblyzer")
     if rz:
-        lines.append(f"| Resemblyzer preprocess_wav + embed_utterance (in process, model loaded) | {rz['wall_s']:.1f} | "
+        lines.append(f"| Resemblyzer preprocess_wav + embed_utterance (in process, model loaded) | | {rz['wall_s']:.1f} | "
                      f"{rz['hours_per_s']:.4f} | |")
         lines += ["", f"Resemblyzer / best pipelined nestspk wall-clock: x{rz['x_nested_pipelined']:.2f} "
                   f"(Resemblyzer preprocessing {rz['preprocess_s']:.1f} s, model {rz['model_s']:.1f} s)."]

@@ -90,6 +90,17 @@ def _int_at_least(lo: int, what: str):
 
 
 _positive = _int_at_least(1, "a positive integer")
+
+
+def _bucket_seconds(text: str) -> float:
+    """argparse type for --bucket-s: seconds in [0.01, 60]."""
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected seconds, got {text[:40]!r}") from None
+    if not 0.01 <= v <= 60:  # also rejects nan
+        raise argparse.ArgumentTypeError(f"expected seconds between 0.01 and 60, got {text[:40]}")
+    return v
 _nonnegative = _int_at_least(0, "a whole number >= 0")
 
 
@@ -249,8 +260,11 @@ def cmd_embed(a: argparse.Namespace) -> int:
     files = _expand(a.inputs)
     if not files:
         raise InputError("no audio files found in the given inputs")
-    if a.vad and a.workers > 0:
-        raise InputError("--vad does not work with --workers yet (the pipeline decodes without the VAD); drop one")
+    if a.vad and (a.workers > 0 or a.bucket_s):
+        raise InputError("--vad does not work with --workers or --bucket-s yet (the pipeline decodes without the "
+                         "VAD); drop one")
+    if a.ray and a.bucket_s:
+        raise InputError("--bucket-s does not work with --ray (Ray Data batches by its own rules); drop one")
     if a.ray:  # Ray Data: Parquet files in the folder a.output (nestspk.ray_embed)
         from .ray_embed import cli_embed
 
@@ -270,14 +284,18 @@ def cmd_embed(a: argparse.Namespace) -> int:
     failed: dict[str, str] = {}
     if resuming:
         done, embs, failed = _resume_state(out, side, v.model_name, v.embed_dim)
-        if _read_sidecar(side).get("vad", False) != a.vad:
+        meta = _read_sidecar(side)
+        if meta.get("vad", False) != a.vad:
             raise InputError(f"{side}: written with vad={not a.vad}; resume with the same --vad setting")
+        if meta.get("bucket_s") != a.bucket_s:
+            raise InputError(f"{side}: written with --bucket-s {meta.get('bucket_s')}; resume with the same "
+                             "--bucket-s setting (embeddings of cropped and whole files do not mix)")
     todo = [f for f in files if f not in done and f not in failed]
 
     def save() -> None:
         arr = np.stack(embs).astype(np.float32) if embs else np.zeros((0, v.embed_dim), np.float32)
         meta = {"format": EMBEDDINGS_FORMAT, "model": v.model_name, "embed_dim": v.embed_dim, "vad": a.vad,
-                "files": list(done), "failed": failed, "rows_sha256": _rows_digest(arr)}
+                "bucket_s": a.bucket_s, "files": list(done), "failed": failed, "rows_sha256": _rows_digest(arr)}
         try:
             with atomic_write(out) as f:
                 np.save(f, arr)
@@ -298,11 +316,12 @@ def cmd_embed(a: argparse.Namespace) -> int:
             last_save = time.monotonic()
 
     try:
-        if a.workers > 0:  # pipelined: decoding in worker processes overlapped with model batches (nestspk.pipeline)
+        if a.workers > 0 or a.bucket_s:  # pipelined: decoding in worker processes overlapped with model batches
             from .pipeline import embed_files
 
             with tqdm(total=len(todo), unit="file", disable=a.quiet) as bar:
-                for k, (f, e, err) in enumerate(embed_files(v, todo, workers=a.workers, batch_size=a.batch_size)):
+                for k, (f, e, err) in enumerate(embed_files(v, todo, workers=a.workers, batch_size=a.batch_size,
+                                                            bucket_s=a.bucket_s)):
                     if err is None:
                         done[f] = len(embs)
                         embs.append(e)
@@ -437,6 +456,10 @@ def build_parser() -> argparse.ArgumentParser:
                     help="overwrite OUTPUT even if it is not a nestspk embeddings file (never one of the inputs)")
     pe.add_argument("--workers", type=_nonnegative, default=0,
                     help="decode files in N worker processes, overlapped with the model (default 0: no pipelining)")
+    pe.add_argument("--bucket-s", type=_bucket_seconds, default=None, metavar="SECONDS",
+                    help="crop each file (or 10 s window) to a multiple of SECONDS, centred, so that files of "
+                         "different lengths share model batches: faster on a GPU, drops up to SECONDS per file "
+                         "(default: exact lengths, the same embeddings as nestspk verify)")
     pe.add_argument("--quiet", action="store_true", help="no progress bar")
     pe.add_argument("--ray", metavar="ADDRESS", default=None,
                     help="embed on Ray Data ('local', 'auto' or ray://HOST:PORT; extra 'ray'): -o is a Parquet folder")

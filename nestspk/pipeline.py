@@ -8,6 +8,12 @@ exact length (equal lengths need no padding, so each file's embedding is the one
 runs a model batch as soon as a length has ``batch_size`` windows, or, when ``max_pending`` windows
 wait, for the length with the most windows. A file's embedding is the normalised sum of its
 windows' embeddings, as in the Verifier; results come in completion order, not input order.
+
+Files of distinct lengths share no batch, so on a GPU whole files up to 20 s run at about batch 1. With
+``bucket_s`` each window is first cropped, centred, to a whole number of ``bucket_s`` seconds
+(:func:`crop_to_bucket`): at most ``bucket_s`` of audio is dropped per window, lengths fall into a few buckets,
+and batches fill across files. The embeddings then differ from the Verifier's (the EER effect is measured in
+``benchmarks/results/2026-12-04_bucket_eer/``).
 """
 from __future__ import annotations
 
@@ -19,7 +25,7 @@ from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
-from .audio import SpeechCheck, open_audio
+from .audio import TARGET_SAMPLE_RATE, SpeechCheck, open_audio
 from .errors import NestspkError
 
 log = logging.getLogger(__name__)
@@ -43,6 +49,16 @@ def file_windows(path: str, speech_check: bool = True) -> list[np.ndarray]:
                 covered = s0 + len(w)
         check.check(src.label)
     return windows
+
+
+def crop_to_bucket(wav: np.ndarray, bucket: int) -> np.ndarray:
+    """The centred part of ``wav`` (T,) whose length is the largest multiple of ``bucket`` samples (``wav`` itself
+    when it is shorter than one bucket or already a multiple): a view, no copy."""
+    keep = len(wav) - len(wav) % bucket
+    if keep == 0 or keep == len(wav):
+        return wav
+    start = (len(wav) - keep) // 2
+    return wav[start:start + keep]
 
 
 def _decode(path: str) -> tuple[str, list[np.ndarray] | None, str | None]:
@@ -90,7 +106,7 @@ class _Decoder:
 
 
 def embed_files(verifier, paths: Iterable[str], workers: int = 2, batch_size: int = 32,
-                prefetch: int | None = None, max_pending: int | None = None
+                prefetch: int | None = None, max_pending: int | None = None, bucket_s: float | None = None
                 ) -> Iterator[tuple[str, np.ndarray | None, str | None]]:
     """Embed audio files with decoding in ``workers`` processes overlapped with model batches.
 
@@ -102,6 +118,8 @@ def embed_files(verifier, paths: Iterable[str], workers: int = 2, batch_size: in
         prefetch: files decoded ahead of the model (default ``4 * max(workers, 1)``).
         max_pending: decoded windows waiting for a batch before the fullest length is run anyway
             (default ``2 * batch_size``).
+        bucket_s: crop each window, centred, to a multiple of this many seconds so that files share batches
+            (:func:`crop_to_bucket`; None: exact lengths, embeddings as the Verifier's).
 
     Yields:
         ``(path, embedding (D,) float32, None)`` or ``(path, None, message)`` for a file that cannot be embedded
@@ -109,6 +127,9 @@ def embed_files(verifier, paths: Iterable[str], workers: int = 2, batch_size: in
     """
     if workers < 0 or batch_size < 1:
         raise ValueError(f"workers must be >= 0 and batch_size >= 1, got {workers}, {batch_size}")
+    if bucket_s is not None and not (0.01 <= bucket_s <= 60):
+        raise ValueError(f"bucket_s must be between 0.01 and 60 seconds, got {bucket_s!r}")
+    bucket = int(round(bucket_s * TARGET_SAMPLE_RATE)) if bucket_s is not None else None
     paths = [os.fspath(p) for p in paths]
     max_pending = max_pending or 2 * batch_size
     decoder = _Decoder(paths, workers, prefetch or 4 * max(workers, 1))
@@ -138,6 +159,8 @@ def embed_files(verifier, paths: Iterable[str], workers: int = 2, batch_size: in
                 continue
             left[i] = len(windows)
             for w in windows:
+                if bucket is not None:
+                    w = crop_to_bucket(w, bucket)
                 buckets.setdefault(len(w), []).append((i, w))
                 pending += 1
             for length in [n for n, g in buckets.items() if len(g) >= batch_size]:

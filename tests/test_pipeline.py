@@ -86,3 +86,64 @@ def test_cli_embed_workers_matches_plain(corpus, tmp_path: Path) -> None:
     assert sorted(outs[0]) == sorted(outs[2]) == sorted(good)
     for f in good:
         np.testing.assert_allclose(outs[2][f], outs[0][f], rtol=0, atol=2e-6)
+
+
+def test_crop_to_bucket_keeps_the_centre() -> None:
+    from nestspk.pipeline import crop_to_bucket
+
+    x = np.arange(1050, dtype=np.float32)
+    y = crop_to_bucket(x, 100)
+    assert len(y) == 1000 and y[0] == 25 and y[-1] == 1024 and np.shares_memory(x, y)
+    assert crop_to_bucket(x[:1000], 100) is not None and len(crop_to_bucket(x[:1000], 100)) == 1000
+    assert len(crop_to_bucket(x[:60], 100)) == 60  # shorter than a bucket: whole
+
+
+def test_buckets_batch_files_of_different_lengths(verifier, corpus, tmp_path: Path, monkeypatch) -> None:
+    """Four files of 2.1-2.9 s (four exact lengths) run as one batch of 2 s crops with bucket_s=1; each embedding
+    equals the Verifier's embedding of the file's centred crop."""
+    from nestspk.audio import load_audio
+    from nestspk.pipeline import crop_to_bucket, embed_files
+
+    _, good, _ = corpus
+    speech = load_audio(good[0])
+    files = []
+    for k, seconds in enumerate((2.1, 2.3, 2.6, 2.9)):
+        files.append(str(tmp_path / f"c{k}.flac"))
+        sf.write(files[-1], speech[4000 * k:4000 * k + int(seconds * 16000)], 16000)
+    calls: list[list[int]] = []
+    real = verifier._run
+
+    def counting(windows):
+        calls.append([len(w) for w in windows])
+        return real(windows)
+
+    monkeypatch.setattr(verifier, "_run", counting)
+    got = {f: e for f, e, err in embed_files(verifier, files, workers=0, batch_size=8, bucket_s=1.0)}
+    assert calls == [[32000] * 4]
+    calls.clear()
+    list(embed_files(verifier, files, workers=0, batch_size=8))
+    assert len(calls) == 4  # exact lengths: one call per file
+    monkeypatch.setattr(verifier, "_run", real)
+    for f in files:
+        ref = verifier.embed_batch([crop_to_bucket(load_audio(f), 16000)])[0]
+        np.testing.assert_allclose(got[f], ref, rtol=0, atol=2e-6)
+    with pytest.raises(ValueError, match="bucket_s"):
+        list(embed_files(verifier, files, bucket_s=0.0))
+
+
+def test_cli_bucket_is_recorded_and_resume_needs_the_same(corpus, tmp_path: Path, capsys) -> None:
+    from nestspk.cli import main
+
+    d, good, _ = corpus
+    out = tmp_path / "b.npy"
+    opts = ["-o", str(out), "--device", "cpu", "--quiet"]
+    assert main(["embed", *good[:2], *opts, "--bucket-s", "0.5"]) == 0
+    assert json.loads(out.with_name("b.npy.json").read_text())["bucket_s"] == 0.5
+    capsys.readouterr()
+    assert main(["embed", *good[:3], *opts, "--resume"]) == 2  # the rest without buckets: refused
+    assert "--bucket-s" in capsys.readouterr().err
+    assert main(["embed", *good[:3], *opts, "--resume", "--bucket-s", "0.5"]) == 0
+    assert np.load(out).shape == (3, 512)
+    for bad in ("nan", "0", "-1", "x"):
+        with pytest.raises(SystemExit):
+            main(["embed", good[0], *opts, "--bucket-s", bad])
