@@ -45,13 +45,15 @@ class TorchEmbedder:
     ``pinned_staging``: on CUDA, batches of at least :data:`PINNED_MIN_BYTES` are copied to the GPU through a
     reused page-locked buffer (calls on one embedder are then serialised; results are unchanged).
     ``intra_op_threads``: ``torch.set_num_threads`` on CPU (process-wide in PyTorch; None leaves it).
+    ``cpu_transform``: on CPU, weights loaded from a card get :func:`nestspk.models.folding.cpu_inference`
+    (BatchNorms folded into their convolutions, channels-last; same outputs up to float32 rounding, 1.3x faster).
     """
 
     backend = "torch"
 
     def __init__(self, card: ModelCard | str | os.PathLike = "nested_4level", device: str = "cpu",
                  cuda_graphs: bool = True, max_graphs: int = 8, intra_op_threads: int | None = None,
-                 model: Any = None, pinned_staging: bool = True):
+                 model: Any = None, pinned_staging: bool = True, cpu_transform: bool = True):
         torch = require("torch", "torch", "the torch backend")
         self.torch = torch
         self.device = _torch_device(device)
@@ -65,6 +67,10 @@ class TorchEmbedder:
             from ..checkpoints import load_model
 
             self.model, self.card = load_model(card, str(self.device))
+            if self.device.type == "cpu" and cpu_transform:
+                from ..models.folding import cpu_inference
+
+                cpu_inference(self.model)
         else:
             self.model = model.to(self.device).eval()
             self.card = card if isinstance(card, ModelCard) or card is None else ModelCard.load(card)
