@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from ..audio import TARGET_SAMPLE_RATE, load_audio
-from ..corpus import default_data_root, load_segment, read_train_list, read_trials, split_segment  # noqa: F401
+from ..corpus import read_train_list
 
 log = logging.getLogger(__name__)
 
