@@ -4,6 +4,7 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
+import time
 from pathlib import Path
 from typing import BinaryIO, Iterator
 
@@ -39,8 +40,6 @@ def remove_stale_temps(path: str | os.PathLike) -> list[Path]:
     """Remove the temporary files that a killed :func:`atomic_write` of ``path`` left beside it (``kill -9`` skips
     its clean-up): those named with the pid of a process that no longer runs here and unchanged for
     :data:`STALE_AFTER_S`. Returns the removed paths."""
-    import time
-
     path = Path(path)
     parent = path.parent if str(path.parent) else Path(".")
     prefix = f".{path.name}."

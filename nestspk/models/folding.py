@@ -3,7 +3,7 @@
 ``y = bn(conv(x))`` with running statistics is an affine map of ``conv(x)`` per channel, so it equals one
 convolution with scaled weights and a bias. :func:`cpu_inference` folds every such pair of the shipped
 architectures (``conv1``/``bn1`` and ``conv2``/``bn2`` attribute pairs, ``Sequential(conv, bn, ...)``) and puts
-the model in channels-last layout: 1.3x faster for nested on 2 CPU threads (oneDNN runs channels-last convolutions
+the model in channels-last layout: 1.24x faster for nested on 2 CPU threads (oneDNN runs channels-last convolutions
 without reorders and no longer makes a BatchNorm pass), with outputs equal up to float32 rounding
 (``benchmarks/results/2026-12-04_torch_cpu_fold/``). The state dict changes, so it is applied to models
 loaded for inference only (:class:`nestspk.runtime.torch_runtime.TorchEmbedder` on CPU), never to a model being
