@@ -46,7 +46,8 @@ class TorchEmbedder:
     reused page-locked buffer (calls on one embedder are then serialised; results are unchanged).
     ``intra_op_threads``: ``torch.set_num_threads`` on CPU (process-wide in PyTorch; None leaves it).
     ``cpu_transform``: on CPU, weights loaded from a card get :func:`nestspk.models.folding.cpu_inference`
-    (BatchNorms folded into their convolutions, channels-last; same outputs up to float32 rounding, 1.24x faster for nested).
+    (BatchNorms folded into their convolutions, channels-last; same outputs up to float32 rounding; nested 1.24x
+    faster).
     """
 
     backend = "torch"
